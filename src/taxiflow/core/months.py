@@ -1,0 +1,48 @@
+"""Calendar months as the pipeline's unit of data (`YYYY-MM`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from taxiflow.core.errors import InvalidArgumentError
+
+_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+@dataclass(frozen=True, order=True)
+class Month:
+    year: int
+    month: int
+
+    @classmethod
+    def parse(cls, text: str, *, argument: str = "month") -> "Month":
+        match = _MONTH_RE.match(text.strip()) if isinstance(text, str) else None
+        if not match:
+            raise InvalidArgumentError(f"{argument}: expected a month as YYYY-MM (e.g. 2023-01), got {text!r}")
+        year, month = int(match.group(1)), int(match.group(2))
+        if not 1 <= month <= 12:
+            raise InvalidArgumentError(f"{argument}: month must be 01..12, got {text!r}")
+        if year < 2009:
+            # The TLC's trip records start in 2009.
+            raise InvalidArgumentError(f"{argument}: TLC trip records start in 2009, got {text!r}")
+        return cls(year, month)
+
+    def __str__(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+    def shift(self, months: int) -> "Month":
+        index = self.year * 12 + (self.month - 1) + months
+        return Month(index // 12, index % 12 + 1)
+
+
+def parse_month_pair(train_month: str, val_month: str) -> tuple[Month, Month]:
+    """Parse the training and validation months; validation must come strictly after training."""
+    train = Month.parse(train_month, argument="train_month")
+    val = Month.parse(val_month, argument="val_month")
+    if val <= train:
+        raise InvalidArgumentError(
+            f"val_month ({val}) must be after train_month ({train}): "
+            "a model is validated on data from after the period it was trained on"
+        )
+    return train, val

@@ -1,0 +1,96 @@
+"""What a training run did: the facts tracked in MLflow, printed by the CLI and reported."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class MonthFacts:
+    month: str
+    file: str
+    sha256: str
+    rows_read: int
+    rows_kept: int
+
+
+@dataclass(frozen=True)
+class TrainingFacts:
+    """Everything known about a fitted, evaluated model before it is logged."""
+
+    taxi: str
+    model: str
+    features: tuple[str, ...]
+    train: MonthFacts
+    val: MonthFacts
+    n_features: int
+    rmse: float
+    mae: float
+    model_params: dict[str, object] = field(default_factory=dict)
+    intercept: float | None = None
+    best_iteration: int | None = None
+
+    def mlflow_params(self) -> dict[str, str]:
+        params: dict[str, object] = {
+            "taxi": self.taxi,
+            "model": self.model,
+            "features": ",".join(self.features),
+            "train_month": self.train.month,
+            "val_month": self.val.month,
+            "train_file": self.train.file.rsplit("/", 1)[-1],
+            "val_file": self.val.file.rsplit("/", 1)[-1],
+            "train_sha256": self.train.sha256,
+            "val_sha256": self.val.sha256,
+            "n_features": self.n_features,
+        }
+        params.update({f"xgb_{k}" if self.model == "xgboost" else k: v for k, v in self.model_params.items()})
+        return {k: str(v) for k, v in params.items()}
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        metrics = {
+            "rmse": self.rmse,
+            "mae": self.mae,
+            "rows_train_read": self.train.rows_read,
+            "rows_train": self.train.rows_kept,
+            "rows_val_read": self.val.rows_read,
+            "rows_val": self.val.rows_kept,
+        }
+        if self.intercept is not None:
+            metrics["intercept"] = self.intercept
+        if self.best_iteration is not None:
+            metrics["best_iteration"] = self.best_iteration
+        return {k: float(v) for k, v in metrics.items()}
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    run_id: str
+    experiment_id: str
+    model_name: str
+    model_version: str
+    model_uri: str
+
+
+def training_summary(facts: TrainingFacts, registered: RegisteredModel, tracking_uri: str) -> dict[str, object]:
+    """The machine-readable summary `taxiflow train --json` prints."""
+    summary: dict[str, object] = {
+        "rmse": facts.rmse,
+        "mae": facts.mae,
+        "rows_train": facts.train.rows_kept,
+        "rows_val": facts.val.rows_kept,
+        "rows_train_read": facts.train.rows_read,
+        "rows_val_read": facts.val.rows_read,
+        "taxi": facts.taxi,
+        "train_month": facts.train.month,
+        "val_month": facts.val.month,
+        "model": facts.model,
+        "features": list(facts.features),
+        "n_features": facts.n_features,
+        "tracking_uri": tracking_uri,
+        **asdict(registered),
+    }
+    if facts.intercept is not None:
+        summary["intercept"] = facts.intercept
+    if facts.best_iteration is not None:
+        summary["best_iteration"] = facts.best_iteration
+    return summary

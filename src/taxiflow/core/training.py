@@ -1,0 +1,134 @@
+"""Model fitting: XGBoost with the course's tuned parameters, or ordinary least squares."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Literal, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+from taxiflow.core.errors import InvalidArgumentError
+
+ModelKind = Literal["xgboost", "linear"]
+MODEL_KINDS: tuple[str, ...] = ("xgboost", "linear")
+
+
+@dataclass(frozen=True)
+class XGBoostParams:
+    """The course's tuned parameters (hyperopt search in the course's notebooks)."""
+
+    learning_rate: float = 0.09585355369315604
+    max_depth: int = 30
+    min_child_weight: float = 1.060597050922164
+    reg_alpha: float = 0.018060244040060163
+    reg_lambda: float = 0.011658731377413597
+    seed: int = 42
+    objective: str = "reg:squarederror"
+    num_boost_round: int = 100
+    early_stopping_rounds: int = 20
+    tree_method: str = "hist"
+    nthread: int = 0  # 0: all cores
+
+    def with_overrides(self, **overrides: object) -> "XGBoostParams":
+        """Replace the given parameters; None means 'keep the default'."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - set(asdict(self))
+        if unknown:
+            raise InvalidArgumentError(f"unknown XGBoost parameter(s): {', '.join(sorted(unknown))}")
+        params = replace(self, **given)
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        checks = [
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.max_depth >= 1, "max_depth must be >= 1"),
+            (self.min_child_weight >= 0, "min_child_weight must be >= 0"),
+            (self.reg_alpha >= 0, "reg_alpha must be >= 0"),
+            (self.reg_lambda >= 0, "reg_lambda must be >= 0"),
+            (self.num_boost_round >= 1, "num_boost_round must be >= 1"),
+            (self.early_stopping_rounds >= 0, "early_stopping_rounds must be >= 0 (0 disables it)"),
+            (self.nthread >= 0, "nthread must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidArgumentError(message)
+
+    def booster_params(self) -> dict[str, object]:
+        params = asdict(self)
+        params.pop("num_boost_round")
+        params.pop("early_stopping_rounds")
+        if params["nthread"] == 0:
+            params.pop("nthread")
+        return params
+
+
+class DurationModel(Protocol):
+    kind: str
+
+    def predict(self, X: sp.csr_matrix) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """Least-squares coefficients; predicts with one sparse mat-vec product."""
+
+    coef: np.ndarray
+    intercept: float
+    kind: str = "linear"
+
+    def predict(self, X: sp.csr_matrix) -> np.ndarray:
+        return X @ self.coef + self.intercept
+
+    def to_json(self) -> str:
+        return json.dumps({"intercept": self.intercept, "coef": self.coef.tolist()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "LinearModel":
+        data = json.loads(text)
+        return cls(coef=np.asarray(data["coef"], dtype=np.float64), intercept=float(data["intercept"]))
+
+
+@dataclass(frozen=True)
+class XGBoostModel:
+    booster: object  # xgboost.Booster
+    best_iteration: int | None
+    kind: str = "xgboost"
+
+    def predict(self, X: sp.csr_matrix) -> np.ndarray:
+        import xgboost as xgb
+
+        # The whole booster, as the course evaluates it (xgboost keeps the rounds after the best one).
+        return self.booster.predict(xgb.DMatrix(X))
+
+
+def fit_linear(X: sp.csr_matrix, y: np.ndarray) -> LinearModel:
+    from sklearn.linear_model import LinearRegression
+
+    lr = LinearRegression().fit(X, y)
+    return LinearModel(coef=np.asarray(lr.coef_, dtype=np.float64), intercept=float(lr.intercept_))
+
+
+def fit_xgboost(
+    X_train: sp.csr_matrix,
+    y_train: np.ndarray,
+    X_val: sp.csr_matrix,
+    y_val: np.ndarray,
+    params: XGBoostParams,
+) -> XGBoostModel:
+    import xgboost as xgb
+
+    dtrain = xgb.DMatrix(X_train, label=y_train)
+    dval = xgb.DMatrix(X_val, label=y_val)
+    booster = xgb.train(
+        params.booster_params(),
+        dtrain,
+        num_boost_round=params.num_boost_round,
+        evals=[(dval, "validation")],
+        early_stopping_rounds=params.early_stopping_rounds or None,
+        verbose_eval=False,
+    )
+    best = getattr(booster, "best_iteration", None) if params.early_stopping_rounds else None
+    return XGBoostModel(booster=booster, best_iteration=best)

@@ -1,0 +1,186 @@
+"""The `train` flow: get each month -> prepare -> build features -> fit -> evaluate -> log and register -> report.
+
+Tasks here only wire `core` (pure) and `io` (side effects) together and set policy: retries for
+network steps, no input hashing for tasks that take big frames (Prefect would pickle them to hash).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+from pydantic import Field
+
+from taxiflow.core.errors import DownloadError
+from taxiflow.core.features import FeatureMatrix, FeatureVocabulary, build_feature_matrix, fit_vocabulary, parse_features, required_columns
+from taxiflow.core.metrics import RegressionMetrics, regression_metrics
+from taxiflow.core.months import parse_month_pair
+from taxiflow.core.preparation import PreparedTrips, prepare_trips
+from taxiflow.core.report import render_training_report
+from taxiflow.core.schema import DROPOFF_AT, PICKUP_AT, layout_for
+from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, training_summary
+from taxiflow.core.training import DurationModel, LinearModel, XGBoostModel, XGBoostParams, fit_linear, fit_xgboost
+from taxiflow.io.tracking import TrackingStore, redact_uri
+from taxiflow.io.trip_files import TripFile, get_month_file
+from taxiflow.io.trip_tables import read_trip_table
+from taxiflow.settings import load_settings
+
+REPORT_KEY = "duration-model-report"
+MonthText = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
+FeatureChoice = Literal["pu_do", "pu", "do", "distance"]
+
+
+def _is_transient(task, task_run, state) -> bool:
+    """Retry network hiccups, not 'month not published' or a bad file."""
+    try:
+        state.result()
+    except DownloadError:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+@task(
+    task_run_name="get-{taxi}-{month}",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_is_transient,
+    cache_policy=NO_CACHE,
+)
+def get_month(taxi: str, month: str, data_dir: str, base_url: str | None, timeout_s: float) -> TripFile:
+    trip_file = get_month_file(taxi, month, data_dir=Path(data_dir), base_url=base_url, timeout_s=timeout_s)
+    get_run_logger().info("%s %s: %s (%d rows, sha256 %s…, %s)", taxi, month, trip_file.path, trip_file.num_rows, trip_file.sha256[:12], trip_file.origin)
+    return trip_file
+
+
+@task(task_run_name="prepare-{trip_file.month}", cache_policy=NO_CACHE)
+def prepare_month(trip_file: TripFile, features: tuple[str, ...]) -> PreparedTrips:
+    columns = [PICKUP_AT, DROPOFF_AT, *required_columns(features)]
+    table = read_trip_table(trip_file.path, layout_for(trip_file.taxi), columns)
+    prepared = prepare_trips(table, source=trip_file.path)
+    get_run_logger().info("%s: kept %d of %d rows (1..60 min)", trip_file.month, prepared.rows_kept, prepared.rows_read)
+    return prepared
+
+
+@task(cache_policy=NO_CACHE)
+def fit_feature_vocabulary(train: PreparedTrips, features: tuple[str, ...], min_count: int) -> FeatureVocabulary:
+    vocabulary = fit_vocabulary(train.frame, features, min_count=min_count)
+    get_run_logger().info("vocabulary: %d columns from %s", vocabulary.size, ",".join(features))
+    return vocabulary
+
+
+@task(task_run_name="build-features-{name}", cache_policy=NO_CACHE)
+def build_features(prepared: PreparedTrips, vocabulary: FeatureVocabulary, name: str) -> FeatureMatrix:
+    return build_feature_matrix(prepared.frame, vocabulary)
+
+
+@task(cache_policy=NO_CACHE)
+def fit_model(model: str, train: FeatureMatrix, val: FeatureMatrix, params: XGBoostParams) -> DurationModel:
+    if model == "linear":
+        return fit_linear(train.X, train.y)
+    return fit_xgboost(train.X, train.y, val.X, val.y, params)
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_model(model: DurationModel, val: FeatureMatrix) -> RegressionMetrics:
+    metrics = regression_metrics(val.y, model.predict(val.X))
+    get_run_logger().info("validation RMSE %.4f, MAE %.4f", metrics.rmse, metrics.mae)
+    return metrics
+
+
+@task(cache_policy=NO_CACHE)
+def log_and_register(facts: TrainingFacts, model: DurationModel, vocabulary: FeatureVocabulary, model_name: str, experiment_name: str) -> RegisteredModel:
+    settings = load_settings()
+    store = TrackingStore(settings.resolved_tracking_uri(), experiment_name, local_artifact_root=settings.local_artifact_root())
+    tags = {"taxiflow.prefect_flow_run_id": str(flow_run.get_id() or "")}
+    registered = store.log_and_register(
+        facts, model, vocabulary, model_name=model_name, run_name=f"{facts.taxi}-{facts.train.month}-{facts.val.month}-{facts.model}", tags=tags
+    )
+    get_run_logger().info("registered %s version %s (run %s)", registered.model_name, registered.model_version, registered.run_id)
+    return registered
+
+
+@task(cache_policy=NO_CACHE)
+def publish_report(facts: TrainingFacts, registered: RegisteredModel) -> str:
+    create_markdown_artifact(
+        key=REPORT_KEY,
+        markdown=render_training_report(facts, registered),
+        description=f"{facts.taxi} {facts.train.month}->{facts.val.month}: RMSE {facts.rmse:.4f}, {registered.model_name} v{registered.model_version}",
+    )
+    return REPORT_KEY
+
+
+def _month_facts(trip_file: TripFile, prepared: PreparedTrips) -> MonthFacts:
+    return MonthFacts(trip_file.month, trip_file.path, trip_file.sha256, prepared.rows_read, prepared.rows_kept)
+
+
+@flow(name="train", log_prints=True)
+def train(
+    taxi: Literal["green", "yellow", "fhv", "fhvhv"] = "green",
+    train_month: MonthText = "2023-01",
+    val_month: MonthText = "2023-02",
+    data_dir: str | None = None,
+    model: Literal["xgboost", "linear"] = "xgboost",
+    features: list[FeatureChoice] = ["pu_do", "distance"],  # noqa: B006 - Prefect needs a literal default for the form
+    min_count: Annotated[int, Field(ge=1)] = 1,
+    learning_rate: Annotated[float | None, Field(gt=0)] = None,
+    max_depth: Annotated[int | None, Field(ge=1, le=64)] = None,
+    min_child_weight: Annotated[float | None, Field(ge=0)] = None,
+    reg_alpha: Annotated[float | None, Field(ge=0)] = None,
+    reg_lambda: Annotated[float | None, Field(ge=0)] = None,
+    seed: int | None = None,
+    num_boost_round: Annotated[int | None, Field(ge=1, le=10000)] = None,
+    early_stopping_rounds: Annotated[int | None, Field(ge=0)] = None,
+    experiment_name: str | None = None,
+    model_name: str | None = None,
+    tlc_base_url: str | None = None,
+) -> dict:
+    """Train a trip-duration model on one month, validate on a later one, register it in MLflow."""
+    settings = load_settings()
+    train_m, val_m = parse_month_pair(train_month, val_month)
+    layout_for(taxi)
+    feature_set = parse_features(features)
+    params = XGBoostParams().with_overrides(
+        learning_rate=learning_rate, max_depth=max_depth, min_child_weight=min_child_weight, reg_alpha=reg_alpha,
+        reg_lambda=reg_lambda, seed=seed, num_boost_round=num_boost_round, early_stopping_rounds=early_stopping_rounds,
+    )
+    directory = str(Path(data_dir) if data_dir else settings.data_dir)
+    base_url = settings.tlc_base_url if tlc_base_url is None else tlc_base_url
+
+    # Both months are fetched and prepared concurrently (I/O and decoding overlap).
+    files = [get_month.submit(taxi, str(m), directory, base_url, settings.download_timeout_s) for m in (train_m, val_m)]
+    prepared_futures = [prepare_month.submit(f, feature_set) for f in files]
+    train_file, val_file = (f.result() for f in files)
+    train_trips, val_trips = (p.result() for p in prepared_futures)
+
+    vocabulary = fit_feature_vocabulary(train_trips, feature_set, min_count)
+    x_train = build_features.submit(train_trips, vocabulary, "train")
+    x_val = build_features.submit(val_trips, vocabulary, "val")
+    x_train, x_val = x_train.result(), x_val.result()
+
+    fitted = fit_model(model, x_train, x_val, params)
+    metrics = evaluate_model(fitted, x_val)
+    facts = TrainingFacts(
+        taxi=taxi,
+        model=model,
+        features=feature_set,
+        train=_month_facts(train_file, train_trips),
+        val=_month_facts(val_file, val_trips),
+        n_features=vocabulary.size,
+        rmse=metrics.rmse,
+        mae=metrics.mae,
+        model_params=params.booster_params() | {"num_boost_round": params.num_boost_round, "early_stopping_rounds": params.early_stopping_rounds, "min_count": min_count}
+        if model == "xgboost" else {"min_count": min_count},
+        intercept=fitted.intercept if isinstance(fitted, LinearModel) else None,
+        best_iteration=fitted.best_iteration if isinstance(fitted, XGBoostModel) else None,
+    )
+    registered = log_and_register(facts, fitted, vocabulary, model_name or settings.model_name, experiment_name or settings.experiment_name)
+    publish_report(facts, registered)
+    return training_summary(facts, registered, redact_uri(settings.resolved_tracking_uri()))

@@ -1,0 +1,1 @@
+"""Adapters: every side effect (files, network, MLflow, Prefect artifacts) lives here."""

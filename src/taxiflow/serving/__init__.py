@@ -1,0 +1,1 @@
+"""Ways to use a trained model: the MLflow pyfunc wrapper (and later an HTTP service)."""

@@ -1,0 +1,37 @@
+"""One frozen settings tree: embedded defaults, overridden by TAXIFLOW_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/"
+
+
+class TaxiflowSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TAXIFLOW_", frozen=True, extra="ignore")
+
+    state_dir: Path = Field(Path(".taxiflow"), description="Local state: SQLite MLflow store, artifacts, logs")
+    data_dir: Path = Field(Path("data"), description="Directory of TLC-named monthly parquet files")
+    tlc_base_url: str = Field(TLC_BASE_URL, description="Where months missing from data_dir are downloaded from")
+    download_timeout_s: float = Field(60.0, gt=0)
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; else MLFLOW_TRACKING_URI; else SQLite")
+    experiment_name: str = "nyc-taxi-experiment"
+    model_name: str = "nyc-taxi-duration"
+
+    def resolved_tracking_uri(self) -> str:
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            return uri
+        return f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    def local_artifact_root(self) -> Path:
+        """Where runs' artifacts go when tracking to the local SQLite store."""
+        return (self.state_dir / "mlartifacts").resolve()
+
+
+def load_settings() -> TaxiflowSettings:
+    return TaxiflowSettings()
