@@ -7,6 +7,7 @@ to our run, because pyfunc logging has no client-side equivalent.
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +21,9 @@ from taxiflow.core.features import FeatureVocabulary
 from taxiflow.core.summary import RegisteredModel, TrainingFacts
 from taxiflow.core.training import DurationModel
 from taxiflow.io.model_bundle import save_model_bundle
+
+warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+warnings.filterwarnings("ignore", message=".*input example was not provided.*")
 
 _PYFUNC_FILE = Path(__file__).resolve().parent.parent / "serving" / "duration_pyfunc.py"
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent

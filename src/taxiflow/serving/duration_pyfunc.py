@@ -5,6 +5,7 @@ Logged as code plus plain artifact files, so loading a model never unpickles any
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -23,6 +24,10 @@ def trips_from_records(model_input: pd.DataFrame) -> pl.DataFrame:
     frame = pl.from_pandas(pd.DataFrame(model_input).rename(columns=INPUT_ALIASES))
     casts = {PICKUP_ZONE: pl.Int32, DROPOFF_ZONE: pl.Int32, DISTANCE: pl.Float64}
     return frame.with_columns(pl.col(c).cast(t) for c, t in casts.items() if c in frame.columns)
+
+
+# The signature is declared when logging; MLflow's nag about predict() type hints is noise here.
+warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
 
 class TripDurationModel(mlflow.pyfunc.PythonModel):

@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make train` (the main job) and `make test` (the test suite).
+# Both install the locked environment first (uv, from PyPI, if it is missing).
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+# A pinned uv in a private tool venv: reproducible, and works on a machine that has only python3.
+UV := .tools/bin/uv
+export UV_COMPILE_BYTECODE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+TAXI ?= green
+TRAIN_MONTH ?= 2023-01
+VAL_MONTH ?= 2023-02
+
+.PHONY: setup train test
+setup: .venv/.synced
+
+$(UV):
+	python3 -m venv .tools
+	.tools/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.synced: pyproject.toml uv.lock $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+train: setup
+	$(UV) run --frozen taxiflow train --taxi $(TAXI) --train-month $(TRAIN_MONTH) --val-month $(VAL_MONTH)
+
+test: setup
+	$(UV) run --frozen pytest

@@ -1,0 +1,73 @@
+"""Shared fixtures: the real TLC files, a real Prefect server, and a way to run the `taxiflow` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import VENV_BIN, base_env, prefect_server
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TAXIFLOW_TEST_DATA", REPO.parent / "shared" / "data" / "nyc-tlc")).resolve()
+
+
+@pytest.fixture(scope="session")
+def tlc_dir() -> Path:
+    if not (SHARED_DATA / "green_tripdata_2023-01.parquet").is_file():
+        pytest.fail(f"real TLC files not found in {SHARED_DATA} (set TAXIFLOW_TEST_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> str:
+    """One real Prefect server for the session: runs then cost ~3 s of overhead instead of ~15 s."""
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as url:
+        yield url
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        return json.loads(self.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def state_dir(tmp_path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def run_taxiflow(tmp_path, state_dir, prefect_api):
+    """Run the `taxiflow` command as a user would, against the session's Prefect server."""
+
+    def run(*args: str, env: dict[str, str] | None = None, server: bool = True, timeout: float = 600) -> CommandResult:
+        full_env = base_env(TAXIFLOW_STATE_DIR=str(state_dir))
+        if server:
+            full_env["PREFECT_API_URL"] = prefect_api
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [str(VENV_BIN / "taxiflow"), *args], cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout
+        )
+        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def registered_versions(state_dir: Path, model_name: str = "nyc-taxi-duration") -> list[str]:
+    """Versions of `model_name` in the local SQLite store that a run in `state_dir` would use."""
+    from mlflow.tracking import MlflowClient
+
+    db = state_dir / "mlflow.db"
+    if not db.exists():
+        return []
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return [str(mv.version) for mv in client.search_model_versions(f"name='{model_name}'")]

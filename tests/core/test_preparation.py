@@ -1,0 +1,69 @@
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from taxiflow.core.errors import DataFileError, NoUsableRowsError
+from taxiflow.core.preparation import prepare_trips
+from taxiflow.core.schema import DURATION
+
+# Rows read / rows with 1 <= duration <= 60, from the shared data's README.
+EXPECTED = {
+    "2021-01": (76_518, 73_908),
+    "2021-02": (64_572, 61_921),
+    "2023-01": (68_211, 65_946),
+    "2023-02": (64_809, 62_574),
+    "2023-03": (72_044, 69_392),
+    "2024-01": (56_551, 54_373),
+}
+
+
+@pytest.mark.parametrize("month", sorted(EXPECTED))
+def test_every_real_green_month_despite_dtype_drift(green_prepared, month):
+    prepared = green_prepared(month)
+    assert (prepared.rows_read, prepared.rows_kept) == EXPECTED[month]
+    duration = prepared.frame[DURATION]
+    assert duration.min() >= 1 and duration.max() <= 60
+    assert str(prepared.frame["pickup_zone"].dtype) == "Int32"
+
+
+def _table(pickups, dropoffs, zones=(1, 2), zone_type=pa.int64()):
+    n = len(pickups)
+    return pa.table(
+        {
+            "pickup_at": pa.array(pickups, pa.timestamp("us")),
+            "dropoff_at": pa.array(dropoffs, pa.timestamp("us")),
+            "pickup_zone": pa.array([zones[0]] * n, zone_type),
+            "dropoff_zone": pa.array([zones[1]] * n, zone_type),
+            "distance": pa.array([1.0] * n, pa.float64()),
+        }
+    )
+
+
+def test_duration_bounds_are_inclusive():
+    t0 = dt.datetime(2023, 1, 1, 12)
+    minutes = [0.5, 1, 30, 60, 60.5, -5]
+    table = _table([t0] * len(minutes), [t0 + dt.timedelta(minutes=m) for m in minutes])
+    prepared = prepare_trips(table, source="t.parquet")
+    assert prepared.frame[DURATION].to_list() == [1, 30, 60]
+    assert prepared.rows_read == 6
+
+
+def test_double_zone_ids_are_coerced():
+    t0 = dt.datetime(2023, 1, 1, 12)
+    prepared = prepare_trips(_table([t0], [t0 + dt.timedelta(minutes=5)], zones=(7.0, 8.0), zone_type=pa.float64()), source="t")
+    assert prepared.frame["pickup_zone"].to_list() == [7]
+
+
+def test_string_zone_ids_are_refused_with_file_and_column():
+    t0 = dt.datetime(2023, 1, 1, 12)
+    table = _table([t0], [t0 + dt.timedelta(minutes=5)], zones=("7", "8"), zone_type=pa.string())
+    with pytest.raises(DataFileError, match=r"bad\.parquet: column 'pickup_zone' holds String, expected integer zone IDs"):
+        prepare_trips(table, source="bad.parquet")
+
+
+def test_no_rows_left_names_the_file():
+    t0 = dt.datetime(2023, 1, 1, 12)
+    table = _table([t0, t0], [t0, t0 + dt.timedelta(hours=3)])
+    with pytest.raises(NoUsableRowsError, match=r"short\.parquet: no trips left .* \(2 rows read\)"):
+        prepare_trips(table, source="short.parquet")

@@ -1,0 +1,26 @@
+import numpy as np
+import scipy.sparse as sp
+
+from taxiflow.core.features import FeatureVocabulary
+from taxiflow.core.training import XGBoostParams, fit_linear, fit_xgboost
+from taxiflow.io.model_bundle import load_model_bundle, save_model_bundle
+
+
+def _data():
+    X = sp.random(300, 5, density=0.6, random_state=3, format="csr", dtype=np.float32)
+    y = np.asarray(X @ np.arange(5.0)).ravel() + 2.0
+    vocabulary = FeatureVocabulary(features=("pu", "distance"), feature_names=("PULocationID=1", "PULocationID=2", "PULocationID=3", "PULocationID=4", "trip_distance"))
+    return X, y, vocabulary
+
+
+def test_models_round_trip_as_plain_files_with_identical_predictions(tmp_path):
+    X, y, vocabulary = _data()
+    models = [fit_linear(X, y), fit_xgboost(X, y, X, y, XGBoostParams(max_depth=3, num_boost_round=5))]
+    for model in models:
+        directory = save_model_bundle(model, vocabulary, tmp_path / model.kind)
+        restored, restored_vocabulary = load_model_bundle(directory)
+        assert restored_vocabulary == vocabulary
+        np.testing.assert_allclose(restored.predict(X), model.predict(X), rtol=1e-6)
+        # Plain files only: nothing a loader would have to unpickle.
+        for f in directory.iterdir():
+            assert f.suffix in (".json", ".ubj"), f
