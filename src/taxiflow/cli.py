@@ -43,6 +43,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=MODEL_KINDS, default="xgboost")
     train.add_argument("--features", default=",".join(DEFAULT_FEATURES), help="comma list of pu_do, pu, do, distance")
     train.add_argument("--min-count", type=int, default=1, help="drop one-hot categories seen fewer times in training")
+    train.add_argument(
+        "--no-collapse-duplicates", dest="collapse_duplicates", action="store_false",
+        help="fit on every row instead of one weighted row per distinct feature input (same model, slower)",
+    )
     for name, kind in _XGB_OPTIONS.items():
         train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"XGBoost {name} (default {getattr(XGBoostParams(), name)})")
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the state dir)")
@@ -75,6 +79,7 @@ def _train(args: argparse.Namespace) -> int:
         model=args.model,
         features=list(features),
         min_count=args.min_count,
+        collapse_duplicates=args.collapse_duplicates,
         experiment_name=args.experiment,
         model_name=args.model_name,
         tlc_base_url=args.tlc_base_url,

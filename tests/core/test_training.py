@@ -47,3 +47,32 @@ def test_metrics():
     m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 1.0]))
     assert m.rmse == pytest.approx(np.sqrt(5 / 3))
     assert m.mae == pytest.approx(1.0)
+
+
+def test_collapsed_weighted_rows_grow_the_same_model(green_prepared):
+    """Collapsing duplicate inputs into weighted mean-label rows is exact for squared error."""
+    from taxiflow.core.features import build_feature_matrix, collapse_duplicate_rows, fit_vocabulary
+    from taxiflow.core.training import fit_xgboost
+
+    features = ("pu_do", "distance")
+    train, val = green_prepared("2023-01").frame, green_prepared("2023-02").frame
+    vocabulary = fit_vocabulary(train, features)
+    full_train, full_val = build_feature_matrix(train, vocabulary), build_feature_matrix(val, vocabulary)
+    small_train = build_feature_matrix(collapse_duplicate_rows(train, features), vocabulary)
+    small_val = build_feature_matrix(collapse_duplicate_rows(val, features), vocabulary)
+    assert small_train.X.shape[0] < 0.7 * full_train.X.shape[0]
+    assert small_train.weight.sum() == full_train.X.shape[0]
+
+    params = XGBoostParams(max_depth=8, num_boost_round=12)
+    full = fit_xgboost(full_train.X, full_train.y, full_val.X, full_val.y, params)
+    collapsed = fit_xgboost(small_train.X, small_train.y, small_val.X, small_val.y, params, weight_train=small_train.weight, weight_val=small_val.weight)
+    np.testing.assert_allclose(collapsed.predict(full_val.X), full.predict(full_val.X), atol=0.02)
+    assert regression_metrics(full_val.y, collapsed.predict(full_val.X)).rmse == pytest.approx(
+        regression_metrics(full_val.y, full.predict(full_val.X)).rmse, abs=1e-3
+    )
+
+    linear_full = fit_linear(full_train.X, full_train.y)
+    linear_collapsed = fit_linear(small_train.X, small_train.y, small_train.weight)
+    assert regression_metrics(full_val.y, linear_collapsed.predict(full_val.X)).rmse == pytest.approx(
+        regression_metrics(full_val.y, linear_full.predict(full_val.X)).rmse, abs=0.01
+    )

@@ -142,10 +142,25 @@ def fit_vocabulary(frame: pl.DataFrame, features: tuple[str, ...], *, min_count:
     return FeatureVocabulary(features=tuple(features), feature_names=tuple(sorted(names)))
 
 
+WEIGHT = "weight"
+
+
+def collapse_duplicate_rows(frame: pl.DataFrame, features: tuple[str, ...]) -> pl.DataFrame:
+    """One row per distinct feature input, labelled with the mean duration and weighted by its count.
+
+    For squared error this is exact: a group's summed gradient w * (p - mean) equals the sum of its
+    rows' gradients, and its hessian is w, so XGBoost grows the same trees from fewer rows (least
+    squares gets the same normal equations). Real months hold 1.2-1.7x duplicate rows.
+    """
+    keys = required_columns(features)
+    return frame.group_by(keys).agg(pl.col(DURATION).mean(), pl.len().cast(pl.Float32).alias(WEIGHT))
+
+
 @dataclass(frozen=True)
 class FeatureMatrix:
     X: sp.csr_matrix
     y: np.ndarray | None
+    weight: np.ndarray | None = None
 
 
 def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary) -> FeatureMatrix:
@@ -181,4 +196,5 @@ def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary) -> 
     np.cumsum(present.sum(axis=1), out=indptr[1:])
     X = sp.csr_matrix((vals[present], cols[present].astype(np.int32), indptr), shape=(n, vocabulary.size))
     y = frame[DURATION].to_numpy() if DURATION in frame.columns else None
-    return FeatureMatrix(X=X, y=y)
+    weight = frame[WEIGHT].to_numpy() if WEIGHT in frame.columns else None
+    return FeatureMatrix(X=X, y=y, weight=weight)

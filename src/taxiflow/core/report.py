@@ -32,7 +32,7 @@ def render_training_report(facts: TrainingFacts, registered: RegisteredModel) ->
         lines.append(f"| best iteration | {facts.best_iteration} |")
     if facts.intercept is not None:
         lines.append(f"| intercept | {facts.intercept:.4f} |")
-    lines += [f"| {k} | {v} |" for k, v in facts.model_params.items()]
+    lines += [f"| {k} | {v} |" for k, v in {**facts.model_params, **facts.options}.items()]
     lines += [
         "",
         "## Tracking",

@@ -26,7 +26,8 @@ class TrainingFacts:
     n_features: int
     rmse: float
     mae: float
-    model_params: dict[str, object] = field(default_factory=dict)
+    model_params: dict[str, object] = field(default_factory=dict)  # the estimator's hyperparameters
+    options: dict[str, object] = field(default_factory=dict)  # pipeline choices (vocabulary pruning, row collapsing)
     intercept: float | None = None
     best_iteration: int | None = None
 
@@ -43,7 +44,8 @@ class TrainingFacts:
             "val_sha256": self.val.sha256,
             "n_features": self.n_features,
         }
-        params.update({f"xgb_{k}" if self.model == "xgboost" else k: v for k, v in self.model_params.items()})
+        params.update({f"xgb_{k}": v for k, v in self.model_params.items()})
+        params.update(self.options)
         return {k: str(v) for k, v in params.items()}
 
     def mlflow_metrics(self) -> dict[str, float]:

@@ -104,10 +104,10 @@ class XGBoostModel:
         return self.booster.predict(xgb.DMatrix(X))
 
 
-def fit_linear(X: sp.csr_matrix, y: np.ndarray) -> LinearModel:
+def fit_linear(X: sp.csr_matrix, y: np.ndarray, weight: np.ndarray | None = None) -> LinearModel:
     from sklearn.linear_model import LinearRegression
 
-    lr = LinearRegression().fit(X, y)
+    lr = LinearRegression().fit(X, y, sample_weight=weight)
     return LinearModel(coef=np.asarray(lr.coef_, dtype=np.float64), intercept=float(lr.intercept_))
 
 
@@ -117,11 +117,19 @@ def fit_xgboost(
     X_val: sp.csr_matrix,
     y_val: np.ndarray,
     params: XGBoostParams,
+    *,
+    weight_train: np.ndarray | None = None,
+    weight_val: np.ndarray | None = None,
 ) -> XGBoostModel:
+    """Boost on the training rows, stopping early on the validation rows.
+
+    Weighted (collapsed) validation rows change the reported eval RMSE by a constant inside the
+    square root, so early stopping picks the same round.
+    """
     import xgboost as xgb
 
-    dtrain = xgb.DMatrix(X_train, label=y_train)
-    dval = xgb.DMatrix(X_val, label=y_val)
+    dtrain = xgb.DMatrix(X_train, label=y_train, weight=weight_train)
+    dval = xgb.DMatrix(X_val, label=y_val, weight=weight_val)
     booster = xgb.train(
         params.booster_params(),
         dtrain,

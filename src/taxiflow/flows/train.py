@@ -6,6 +6,7 @@ network steps, no input hashing for tasks that take big frames (Prefect would pi
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,7 +18,15 @@ from prefect.tasks import exponential_backoff
 from pydantic import Field
 
 from taxiflow.core.errors import DownloadError
-from taxiflow.core.features import FeatureMatrix, FeatureVocabulary, build_feature_matrix, fit_vocabulary, parse_features, required_columns
+from taxiflow.core.features import (
+    FeatureMatrix,
+    FeatureVocabulary,
+    build_feature_matrix,
+    collapse_duplicate_rows,
+    fit_vocabulary,
+    parse_features,
+    required_columns,
+)
 from taxiflow.core.metrics import RegressionMetrics, regression_metrics
 from taxiflow.core.months import parse_month_pair
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
@@ -77,15 +86,19 @@ def fit_feature_vocabulary(train: PreparedTrips, features: tuple[str, ...], min_
 
 
 @task(task_run_name="build-features-{name}", cache_policy=NO_CACHE)
-def build_features(prepared: PreparedTrips, vocabulary: FeatureVocabulary, name: str) -> FeatureMatrix:
-    return build_feature_matrix(prepared.frame, vocabulary)
+def build_features(prepared: PreparedTrips, vocabulary: FeatureVocabulary, name: str, collapse: bool) -> FeatureMatrix:
+    frame = collapse_duplicate_rows(prepared.frame, vocabulary.features) if collapse else prepared.frame
+    features = build_feature_matrix(frame, vocabulary)
+    if collapse:
+        get_run_logger().info("%s: %d rows collapsed to %d distinct weighted rows", name, prepared.rows_kept, frame.height)
+    return features
 
 
 @task(cache_policy=NO_CACHE)
 def fit_model(model: str, train: FeatureMatrix, val: FeatureMatrix, params: XGBoostParams) -> DurationModel:
     if model == "linear":
-        return fit_linear(train.X, train.y)
-    return fit_xgboost(train.X, train.y, val.X, val.y, params)
+        return fit_linear(train.X, train.y, train.weight)
+    return fit_xgboost(train.X, train.y, val.X, val.y, params, weight_train=train.weight, weight_val=val.weight)
 
 
 @task(cache_policy=NO_CACHE)
@@ -130,6 +143,7 @@ def train(
     model: Literal["xgboost", "linear"] = "xgboost",
     features: list[FeatureChoice] = ["pu_do", "distance"],  # noqa: B006 - Prefect needs a literal default for the form
     min_count: Annotated[int, Field(ge=1)] = 1,
+    collapse_duplicates: bool = True,
     learning_rate: Annotated[float | None, Field(gt=0)] = None,
     max_depth: Annotated[int | None, Field(ge=1, le=64)] = None,
     min_child_weight: Annotated[float | None, Field(ge=0)] = None,
@@ -161,11 +175,18 @@ def train(
     train_trips, val_trips = (p.result() for p in prepared_futures)
 
     vocabulary = fit_feature_vocabulary(train_trips, feature_set, min_count)
-    x_train = build_features.submit(train_trips, vocabulary, "train")
-    x_val = build_features.submit(val_trips, vocabulary, "val")
-    x_train, x_val = x_train.result(), x_val.result()
+    # Fitting sees duplicate rows collapsed into weighted ones (exact for squared error, fewer rows);
+    # the reported metrics are computed on every validation row.
+    matrices = {
+        "train": build_features.submit(train_trips, vocabulary, "train", collapse_duplicates),
+        "val": build_features.submit(val_trips, vocabulary, "val", False),
+    }
+    if collapse_duplicates:
+        matrices["val-early-stopping"] = build_features.submit(val_trips, vocabulary, "val-early-stopping", True)
+    matrices = {name: future.result() for name, future in matrices.items()}
+    x_val = matrices["val"]
 
-    fitted = fit_model(model, x_train, x_val, params)
+    fitted = fit_model(model, matrices["train"], matrices.get("val-early-stopping", x_val), params)
     metrics = evaluate_model(fitted, x_val)
     facts = TrainingFacts(
         taxi=taxi,
@@ -176,8 +197,8 @@ def train(
         n_features=vocabulary.size,
         rmse=metrics.rmse,
         mae=metrics.mae,
-        model_params=params.booster_params() | {"num_boost_round": params.num_boost_round, "early_stopping_rounds": params.early_stopping_rounds, "min_count": min_count}
-        if model == "xgboost" else {"min_count": min_count},
+        model_params=asdict(params) if model == "xgboost" else {},
+        options={"min_count": min_count, "collapse_duplicates": collapse_duplicates},
         intercept=fitted.intercept if isinstance(fitted, LinearModel) else None,
         best_iteration=fitted.best_iteration if isinstance(fitted, XGBoostModel) else None,
     )
