@@ -8,9 +8,9 @@ import os
 import sys
 
 from taxiflow.core.errors import InvalidArgumentError, TaxiflowError
-from taxiflow.core.features import DEFAULT_FEATURES, parse_features
-from taxiflow.core.months import parse_month_pair
-from taxiflow.core.schema import TAXI_TYPES
+from taxiflow.core.features import DEFAULT_FEATURES, parse_features, required_columns
+from taxiflow.core.months import parse_month_pair, parse_month_range
+from taxiflow.core.schema import TAXI_TYPES, check_fields_available
 from taxiflow.core.training import MODEL_KINDS, XGBoostParams
 
 # Offline-friendly defaults: telemetry calls fail without internet and only add noise.
@@ -40,6 +40,12 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-month", required=True, help="YYYY-MM")
     train.add_argument("--val-month", required=True, help="YYYY-MM, after --train-month")
     train.add_argument("--data-dir", help="directory of TLC-named parquet files (default: ./data, or TAXIFLOW_DATA_DIR)")
+    train.add_argument(
+        "--source", choices=("auto", "local", "tlc", "s3"), default="auto",
+        help="auto: the data dir, else download from the TLC; local: data dir only; tlc / s3: always from there (cached)",
+    )
+    train.add_argument("--s3-block", help="prefect-aws S3Bucket block for --source s3 (default taxi-data)")
+    train.add_argument("--month-window-days", type=int, help="drop trips whose pickup is outside the file's month by more than N days (default: off, as the course)")
     train.add_argument("--model", choices=MODEL_KINDS, default="xgboost")
     train.add_argument("--features", default=",".join(DEFAULT_FEATURES), help="comma list of pu_do, pu, do, distance")
     train.add_argument("--min-count", type=int, default=1, help="drop one-hot categories seen fewer times in training")
@@ -54,6 +60,22 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model-name", help="registered model name (default nyc-taxi-duration)")
     train.add_argument("--tlc-base-url", help="where to download months missing from the data dir")
     train.add_argument("--json", action="store_true", help="print one JSON object with the run's summary")
+
+    data = sub.add_parser("data", help="get and inspect TLC months").add_subparsers(dest="data_command", required=True)
+    fetch = data.add_parser("fetch", help="download and verify months into the local cache")
+    fetch.add_argument("--taxi", choices=TAXI_TYPES, default="green")
+    fetch.add_argument("--months", required=True, help="YYYY-MM, YYYY-MM..YYYY-MM or a comma list")
+    fetch.add_argument("--source", choices=("tlc", "s3"), default="tlc")
+    fetch.add_argument("--tlc-base-url", help="base URL of TLC-named files (default: the TLC's CDN)")
+    fetch.add_argument("--s3-block", help="prefect-aws S3Bucket block for --source s3 (default taxi-data)")
+    fetch.add_argument("--refresh", action="store_true", help="fetch again even if cached")
+    listing = data.add_parser("ls", help="what the cache holds")
+    listing.add_argument("--json", action="store_true")
+    blocks = data.add_parser("s3-blocks", help="save the AwsCredentials (from AWS_* env) and S3Bucket blocks")
+    blocks.add_argument("--bucket", required=True)
+    blocks.add_argument("--folder", default="", help="key prefix of the month files in the bucket")
+    blocks.add_argument("--endpoint-url", help="S3-protocol endpoint (e.g. a local moto server)")
+    blocks.add_argument("--block", default="taxi-data", help="S3Bucket block name")
     return parser
 
 
@@ -61,6 +83,7 @@ def _train(args: argparse.Namespace) -> int:
     # Validate everything the user typed before paying for Prefect's start-up.
     parse_month_pair(args.train_month, args.val_month)
     features = parse_features(args.features)
+    check_fields_available(args.taxi, required_columns(features), what="--features")
     if args.min_count < 1:
         raise InvalidArgumentError(f"--min-count must be >= 1, got {args.min_count}")
     overrides = {name: getattr(args, name) for name in _XGB_OPTIONS}
@@ -76,6 +99,9 @@ def _train(args: argparse.Namespace) -> int:
         train_month=args.train_month,
         val_month=args.val_month,
         data_dir=args.data_dir,
+        source=args.source,
+        s3_block=args.s3_block,
+        month_window_days=args.month_window_days,
         model=args.model,
         features=list(features),
         min_count=args.min_count,
@@ -89,6 +115,51 @@ def _train(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(_describe(summary))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from taxiflow.io.month_cache import MonthCache
+    from taxiflow.settings import load_settings
+
+    settings = load_settings()
+    cache = MonthCache(settings.cache_dir())
+    if args.data_command == "ls":
+        entries = cache.entries()
+        if args.json:
+            from dataclasses import asdict
+
+            print(json.dumps([asdict(e) for e in entries]))
+            return 0
+        print(f"{'taxi':<7}{'month':<9}{'rows':>12}{'MB':>9}  {'sha256':<18}source")
+        for e in entries:
+            print(f"{e.taxi:<7}{e.month:<9}{e.num_rows:>12,}{e.size_bytes / 1e6:>9.1f}  {e.sha256[:16]:<18}{e.origin}")
+        print(f"{len(entries)} cached month(s) in {cache.root}")
+        return 0
+    if args.data_command == "s3-blocks":
+        from taxiflow.io.s3_blocks import save_s3_blocks
+
+        save_s3_blocks(args.bucket, bucket_block=args.block, bucket_folder=args.folder, endpoint_url=args.endpoint_url)
+        print(f"saved blocks: aws-credentials/taxi-aws, s3-bucket/{args.block} (bucket {args.bucket})")
+        return 0
+
+    from taxiflow.flows.train import month_source
+    from taxiflow.jobs.data import fetch_months
+
+    months = parse_month_range(args.months)
+    source = month_source(args.source, settings, args.tlc_base_url, args.s3_block)
+    if source is None:
+        raise InvalidArgumentError("no download source: --tlc-base-url is empty")
+    outcomes = fetch_months(args.taxi, months, source, cache, refresh=args.refresh)
+    for o in outcomes:
+        if o.file:
+            print(f"ok      {args.taxi} {o.month}: {o.file.num_rows:,} rows, sha256 {o.file.sha256[:16]}, {o.file.path}")
+        else:
+            print(f"FAILED  {args.taxi} {o.month}: {o.error}")
+    failed = [o.month for o in outcomes if o.error]
+    if failed:
+        print(f"taxiflow: error: {len(failed)} of {len(outcomes)} month(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -110,10 +181,16 @@ def _describe(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
+    # Retry notices from the download sources go to stderr.
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _build_parser().parse_args(argv)
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "data":
+            return _data(args)
     except InvalidArgumentError as exc:
         print(f"taxiflow: error: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,10 @@ class TaxiflowSettings(BaseSettings):
     state_dir: Path = Field(Path(".taxiflow"), description="Local state: SQLite MLflow store, artifacts, logs")
     data_dir: Path = Field(Path("data"), description="Directory of TLC-named monthly parquet files")
     tlc_base_url: str = Field(TLC_BASE_URL, description="Where months missing from data_dir are downloaded from")
-    download_timeout_s: float = Field(60.0, gt=0)
+    download_timeout_s: float = Field(60.0, gt=0, description="Per-read timeout: a stalled download fails after this")
+    download_retries: int = Field(4, ge=0, description="Retries after timeouts, resets, 5xx and truncated bodies")
+    download_backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles per attempt, with jitter")
+    s3_block: str = Field("taxi-data", description="prefect-aws S3Bucket block holding TLC-named months")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; else MLFLOW_TRACKING_URI; else SQLite")
     experiment_name: str = "nyc-taxi-experiment"
     model_name: str = "nyc-taxi-duration"
@@ -27,6 +30,9 @@ class TaxiflowSettings(BaseSettings):
         if uri:
             return uri
         return f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    def cache_dir(self) -> Path:
+        return (self.state_dir / "cache").resolve()
 
     def local_artifact_root(self) -> Path:
         """Where runs' artifacts go when tracking to the local SQLite store."""

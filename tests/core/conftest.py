@@ -1,17 +1,14 @@
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
-from taxiflow.core.schema import DISTANCE, DROPOFF_AT, DROPOFF_ZONE, PICKUP_AT, PICKUP_ZONE, TRIP_LAYOUTS
-
-CANONICAL = [PICKUP_AT, DROPOFF_AT, PICKUP_ZONE, DROPOFF_ZONE, DISTANCE]
+from taxiflow.core.schema import CANONICAL_FIELDS, TRIP_LAYOUTS
+from taxiflow.io.trip_tables import read_trip_table
 
 
 def read_green(path: Path):
-    mapping = TRIP_LAYOUTS["green"].source_columns(CANONICAL)
-    return pq.read_table(path, columns=list(mapping.values())).rename_columns(list(mapping))
+    return read_trip_table(str(path), TRIP_LAYOUTS["green"], list(CANONICAL_FIELDS))
 
 
 @pytest.fixture(scope="session")

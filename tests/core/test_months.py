@@ -22,3 +22,14 @@ def test_validation_month_must_follow_training_month():
         parse_month_pair("2023-02", "2023-01")
     with pytest.raises(InvalidArgumentError, match="must be after"):
         parse_month_pair("2023-02", "2023-02")
+
+
+def test_month_ranges():
+    from taxiflow.core.months import parse_month_range
+
+    assert [str(m) for m in parse_month_range("2022-11..2023-02")] == ["2022-11", "2022-12", "2023-01", "2023-02"]
+    assert [str(m) for m in parse_month_range("2023-05, 2023-01,2023-05")] == ["2023-01", "2023-05"]
+    with pytest.raises(InvalidArgumentError, match="ends before it starts"):
+        parse_month_range("2023-03..2023-01")
+    with pytest.raises(InvalidArgumentError, match="months: expected a month as YYYY-MM"):
+        parse_month_range("2023-03..2023")

@@ -4,6 +4,7 @@ import pyarrow as pa
 import pytest
 
 from taxiflow.core.errors import DataFileError, NoUsableRowsError
+from taxiflow.core.months import Month
 from taxiflow.core.preparation import prepare_trips
 from taxiflow.core.schema import DURATION
 
@@ -27,15 +28,15 @@ def test_every_real_green_month_despite_dtype_drift(green_prepared, month):
     assert str(prepared.frame["pickup_zone"].dtype) == "Int32"
 
 
-def _table(pickups, dropoffs, zones=(1, 2), zone_type=pa.int64()):
+def _table(pickups, dropoffs, zones=(1, 2), zone_type=pa.int64(), distances=None):
     n = len(pickups)
     return pa.table(
         {
             "pickup_at": pa.array(pickups, pa.timestamp("us")),
             "dropoff_at": pa.array(dropoffs, pa.timestamp("us")),
-            "pickup_zone": pa.array([zones[0]] * n, zone_type),
+            "pickup_zone": pa.array(zones[0] if isinstance(zones[0], list) else [zones[0]] * n, zone_type),
             "dropoff_zone": pa.array([zones[1]] * n, zone_type),
-            "distance": pa.array([1.0] * n, pa.float64()),
+            "distance": pa.array(distances or [1.0] * n, pa.float64()),
         }
     )
 
@@ -65,5 +66,55 @@ def test_string_zone_ids_are_refused_with_file_and_column():
 def test_no_rows_left_names_the_file():
     t0 = dt.datetime(2023, 1, 1, 12)
     table = _table([t0, t0], [t0, t0 + dt.timedelta(hours=3)])
-    with pytest.raises(NoUsableRowsError, match=r"short\.parquet: no trips left .* \(2 rows read\)"):
+    with pytest.raises(NoUsableRowsError, match=r"short\.parquet: no usable trips: all 2 rows failed checks: duration_out_of_range 2 \(duration_min: expected duration 1\.\.60 min\)"):
         prepare_trips(table, source="short.parquet")
+
+
+def test_rows_failing_contracts_are_dropped_and_counted_by_first_reason():
+    t0 = dt.datetime(2023, 1, 10, 12)
+    ok = t0 + dt.timedelta(minutes=10)
+    table = _table(
+        [t0, None, t0, t0, t0, t0, t0],
+        [ok, ok, ok, ok, t0 - dt.timedelta(minutes=3), ok, t0 + dt.timedelta(hours=2)],
+        zones=([5, 5, 0, 300, 5, None, 5], 7),
+        distances=[1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0],
+    )
+    prepared = prepare_trips(table, source="t.parquet", month=Month(2023, 1))
+    assert prepared.rows_kept == 1 and prepared.rows_read == 7
+    assert prepared.dropped == {
+        "pickup_at_null": 1,
+        "pickup_zone_null": 1,
+        "pickup_zone_out_of_range": 2,  # zone 0 (its negative distance is not counted twice) and zone 300
+        "dropoff_before_pickup": 1,
+        "duration_out_of_range": 1,
+    }
+    assert sum(prepared.dropped.values()) == prepared.rows_read - prepared.rows_kept
+
+
+def test_pickup_window_is_opt_in(green_prepared, tlc_dir):
+    from tests.core.conftest import read_green
+
+    path = tlc_dir / "green_tripdata_2023-02.parquet"
+    strict = prepare_trips(read_green(path), source=str(path), month=Month(2023, 2), month_window_days=1)
+    # The TLC's stray dates (e.g. 2023-01-25 in February): 22 rows, 19 of which the duration rule would keep.
+    assert strict.dropped["pickup_outside_month"] == 22
+    assert strict.rows_kept == green_prepared("2023-02").rows_kept - 19
+
+
+def test_a_file_named_for_another_month_is_refused(tlc_dir):
+    from tests.core.conftest import read_green
+
+    path = tlc_dir / "green_tripdata_2023-02.parquet"
+    with pytest.raises(DataFileError, match=r"named for 2023-05 but only 0\.0% of its pickups fall in that month \(most are in 2023-02\)"):
+        prepare_trips(read_green(path), source=str(path), month=Month(2023, 5))
+
+
+def test_fractional_zone_ids_are_refused():
+    t0 = dt.datetime(2023, 1, 1, 12)
+    with pytest.raises(DataFileError, match="column 'pickup_zone' holds fractional values"):
+        prepare_trips(_table([t0], [t0 + dt.timedelta(minutes=5)], zones=(7.5, 8.0), zone_type=pa.float64()), source="t")
+
+
+def test_empty_file_is_refused():
+    with pytest.raises(DataFileError, match=r"e\.parquet: holds no trips \(0 rows\)"):
+        prepare_trips(_table([], []), source="e.parquet")

@@ -3,10 +3,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from taxiflow.core.errors import DataFileError
-from taxiflow.core.schema import TRIP_LAYOUTS
+from taxiflow.core.schema import CANONICAL_FIELDS, TRIP_LAYOUTS
+from taxiflow.io.trip_files import verify_month_file
 from taxiflow.io.trip_tables import read_trip_table
+from tests.support.layouts import green_as
 
-CANONICAL = ["pickup_at", "dropoff_at", "pickup_zone", "dropoff_zone", "distance"]
+CANONICAL = list(CANONICAL_FIELDS)
 
 
 def test_reads_only_the_needed_columns_renamed(tlc_dir):
@@ -14,6 +16,22 @@ def test_reads_only_the_needed_columns_renamed(tlc_dir):
     assert table.column_names == CANONICAL
     assert table.num_rows == 64_809
     assert table.schema.field("pickup_zone").type == pa.int32()  # this month's drift, coerced later
+
+
+@pytest.mark.parametrize("month", ["2021-01", "2021-02", "2023-01", "2023-02", "2023-03", "2024-01"])
+def test_every_shared_green_file_verifies(tlc_dir, month):
+    path = tlc_dir / f"green_tripdata_{month}.parquet"
+    assert verify_month_file(path, "green", month, source=path.name) == pq.ParquetFile(path).metadata.num_rows
+
+
+@pytest.mark.parametrize("taxi", ["yellow", "fhv", "fhvhv"])
+def test_other_trip_types_map_to_the_canonical_schema(tlc_dir, tmp_path, taxi):
+    path = green_as(taxi, tlc_dir / "green_tripdata_2023-02.parquet", tmp_path / f"{taxi}_tripdata_2023-02.parquet")
+    layout = TRIP_LAYOUTS[taxi]
+    table = read_trip_table(str(path), layout, list(layout.columns))
+    assert table.column_names == list(layout.columns)
+    assert table.num_rows == 64_809
+    assert verify_month_file(path, taxi, "2023-02", source=path.name) == 64_809
 
 
 def test_missing_column_names_file_column_and_what_exists(tlc_dir, tmp_path):

@@ -118,3 +118,77 @@ def stage_tlc_tree(source: Path, root: Path) -> Path:
 def copy_month(source: Path, name: str, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy(source / name, directory / name))
+
+
+class FaultPlan:
+    """Per file name, the faults to serve on successive requests before serving it properly.
+
+    Faults: "500"/"503" (server error), "404", "reset" (connection closed before a response),
+    "truncate" (full Content-Length, half the body), "stall" (no answer for `stall_s`), "slow"
+    (a correct answer after `stall_s`), "always500" (every request).
+    """
+
+    def __init__(self, faults: dict[str, list[str]] | None = None, stall_s: float = 3.0) -> None:
+        self.faults = {k: list(v) for k, v in (faults or {}).items()}
+        self.stall_s = stall_s
+        self.hits: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def next_fault(self, name: str) -> str | None:
+        with self._lock:
+            self.hits[name] = self.hits.get(name, 0) + 1
+            queue = self.faults.get(name, [])
+            if queue and queue[0] == "always500":
+                return "500"
+            return queue.pop(0) if queue else None
+
+
+def _faulty_handler(plan: FaultPlan):
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            name = self.path.rsplit("/", 1)[-1]
+            fault = plan.next_fault(name)
+            if fault in ("500", "503", "404"):
+                self.send_error(int(fault))
+                return
+            if fault == "reset":
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
+            if fault in ("stall", "slow"):
+                time.sleep(plan.stall_s)
+                if fault == "stall":
+                    self.close_connection = True
+                    return
+            path = Path(self.translate_path(self.path))
+            if not path.is_file():
+                self.send_error(404)
+                return
+            body = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", f'"{len(body):x}-{path.stat().st_mtime_ns:x}"')
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if fault == "truncate" else body)
+            if fault == "truncate":
+                self.close_connection = True
+
+    return Handler
+
+
+@contextlib.contextmanager
+def faulty_file_server(directory: Path, plan: FaultPlan) -> Iterator[str]:
+    """Like `file_server`, injecting the plan's faults."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_faulty_handler(plan), directory=str(directory)))
+    server.daemon_threads = True
+    server.block_on_close = False  # stalled handlers must not hold up the test's teardown
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/trip-data/"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -46,3 +46,23 @@ def parse_month_pair(train_month: str, val_month: str) -> tuple[Month, Month]:
             "a model is validated on data from after the period it was trained on"
         )
     return train, val
+
+
+def parse_month_range(text: str, *, argument: str = "months", limit: int = 240) -> list[Month]:
+    """`2023-01..2023-03` (inclusive), `2023-01,2023-05` or `2023-01` -> months in order."""
+    months: list[Month] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if ".." in part:
+            first_text, _, last_text = part.partition("..")
+            first, last = Month.parse(first_text, argument=argument), Month.parse(last_text, argument=argument)
+            if last < first:
+                raise InvalidArgumentError(f"{argument}: range {part!r} ends before it starts")
+            count = (last.year - first.year) * 12 + last.month - first.month + 1
+            months.extend(first.shift(i) for i in range(count))
+        else:
+            months.append(Month.parse(part, argument=argument))
+    if not months:
+        raise InvalidArgumentError(f"{argument}: expected YYYY-MM, YYYY-MM..YYYY-MM or a comma list, got {text!r}")
+    if len(months) > limit:
+        raise InvalidArgumentError(f"{argument}: {len(months)} months requested, at most {limit} at once")
+    return sorted(set(months))

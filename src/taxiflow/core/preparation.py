@@ -1,28 +1,31 @@
-"""Trips -> training rows: coerce drifting TLC types, compute duration in minutes, keep 1..60."""
+"""Trips -> training rows: coerce drifting TLC types, apply row contracts, duration in minutes (1..60)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 import pyarrow as pa
 
+from taxiflow.core.contracts import ROW_CHECKS, CheckContext, applicable_checks, first_failed_reason, month_bounds
 from taxiflow.core.errors import DataFileError, NoUsableRowsError
+from taxiflow.core.months import Month
 from taxiflow.core.schema import DISTANCE, DROPOFF_AT, DROPOFF_ZONE, DURATION, PICKUP_AT, PICKUP_ZONE
 
-MIN_DURATION_MIN = 1.0
-MAX_DURATION_MIN = 60.0
-
-_ZONE_TYPES = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64, pl.Float32, pl.Float64, pl.Null)
-_NUMBER_TYPES = _ZONE_TYPES
+_INTEGER_TYPES = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
+_FLOAT_TYPES = (pl.Float32, pl.Float64)
+_NUMBER_TYPES = (*_INTEGER_TYPES, *_FLOAT_TYPES, pl.Null)
+_NAMED_MONTH_MIN_SHARE = 0.5  # below this share of pickups in the named month, the file is mislabelled
+_CHECKS = {c.reason: c for c in ROW_CHECKS}
 
 
 @dataclass(frozen=True)
 class PreparedTrips:
-    """One month's usable trips in canonical columns, plus how many rows the filters removed."""
+    """One month's usable trips in canonical columns, and why the other rows were dropped."""
 
     frame: pl.DataFrame
     rows_read: int
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
 
     @property
     def rows_kept(self) -> int:
@@ -34,12 +37,15 @@ def _coerce(frame: pl.DataFrame, source: str) -> pl.DataFrame:
     exprs = []
     for name, dtype in frame.schema.items():
         if name in (PICKUP_AT, DROPOFF_AT):
-            if not isinstance(dtype, pl.Datetime):
+            if not isinstance(dtype, pl.Datetime) and dtype != pl.Null:
                 raise DataFileError(f"{source}: column {name!r} holds {dtype}, expected a timestamp")
             exprs.append(pl.col(name).cast(pl.Datetime("us")))
         elif name in (PICKUP_ZONE, DROPOFF_ZONE):
-            if dtype not in _ZONE_TYPES:
+            if dtype not in _NUMBER_TYPES:
                 raise DataFileError(f"{source}: column {name!r} holds {dtype}, expected integer zone IDs")
+            if dtype in _FLOAT_TYPES and (frame[name] != frame[name].floor()).any():
+                raise DataFileError(f"{source}: column {name!r} holds fractional values, expected integer zone IDs")
+            # Out-of-int32 values become null here and are then counted as missing zones.
             exprs.append(pl.col(name).cast(pl.Int32, strict=False))
         elif name == DISTANCE:
             if dtype not in _NUMBER_TYPES:
@@ -50,22 +56,55 @@ def _coerce(frame: pl.DataFrame, source: str) -> pl.DataFrame:
     return frame.select(exprs)
 
 
-def prepare_trips(table: pa.Table, *, source: str) -> PreparedTrips:
-    """Duration in minutes from pickup/dropoff, keep MIN..MAX minutes; vectorized.
+def _check_named_month(frame: pl.DataFrame, month: Month, source: str) -> None:
+    """A file whose pickups mostly fall outside the month in its name is mislabelled, not noisy."""
+    pickups = frame[PICKUP_AT].drop_nulls()
+    if pickups.len() == 0:
+        return
+    start, end = month_bounds(month, margin_days=1)
+    share = ((pickups >= start) & (pickups < end)).mean()
+    if share < _NAMED_MONTH_MIN_SHARE:
+        typical = pickups.dt.strftime("%Y-%m").mode().sort()[0]
+        raise DataFileError(
+            f"{source}: named for {month} but only {share:.1%} of its pickups fall in that month "
+            f"(most are in {typical}); expected a file of {month} trips"
+        )
 
-    `table` holds canonical columns (see `schema`); `source` names the file in error messages.
+
+def describe_drops(dropped: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n:,} ({_CHECKS[reason].column}: expected {_CHECKS[reason].expectation})" for reason, n in dropped.items())
+
+
+def prepare_trips(
+    table: pa.Table,
+    *,
+    source: str,
+    month: Month | None = None,
+    month_window_days: int | None = None,
+) -> PreparedTrips:
+    """Apply the row contracts and keep trips of 1..60 minutes; vectorized.
+
+    `table` holds canonical columns (see `schema`); `source` names the file in error messages;
+    `month` (the file's month) enables the mislabelled-file check and, with `month_window_days`,
+    the pickup-window contract.
     """
     frame = _coerce(pl.from_arrow(table, rechunk=False), source)
     rows_read = frame.height
-    duration = (pl.col(DROPOFF_AT) - pl.col(PICKUP_AT)).dt.total_microseconds() / 60_000_000
+    if rows_read == 0:
+        raise DataFileError(f"{source}: holds no trips (0 rows)")
+    if month is not None:
+        _check_named_month(frame, month, source)
+    checks = applicable_checks(frame.columns, CheckContext(month, month_window_days))
+    valid = pl.all_horizontal([expr.fill_null(False) for _, expr in checks])
+    # Reasons are computed only for the (few) dropped rows.
+    reasons = frame.filter(valid.not_()).select(first_failed_reason(checks).alias("reason"))["reason"].value_counts()
+    order = {check.reason: i for i, (check, _) in enumerate(checks)}
+    dropped = dict(sorted(zip(reasons["reason"].to_list(), reasons["count"].to_list()), key=lambda kv: order[kv[0]]))
     kept = (
-        frame.with_columns(duration.alias(DURATION))
-        .filter(pl.col(DURATION).is_between(MIN_DURATION_MIN, MAX_DURATION_MIN))
+        frame.filter(valid)
+        .with_columns(((pl.col(DROPOFF_AT) - pl.col(PICKUP_AT)).dt.total_microseconds() / 60_000_000).alias(DURATION))
         .drop(PICKUP_AT, DROPOFF_AT)
     )
     if kept.height == 0:
-        raise NoUsableRowsError(
-            f"{source}: no trips left after keeping durations of {MIN_DURATION_MIN:g}..{MAX_DURATION_MIN:g} minutes "
-            f"({rows_read} rows read)"
-        )
-    return PreparedTrips(frame=kept, rows_read=rows_read)
+        raise NoUsableRowsError(f"{source}: no usable trips: all {rows_read:,} rows failed checks: {describe_drops(dropped)}")
+    return PreparedTrips(frame=kept, rows_read=rows_read, dropped=dropped)

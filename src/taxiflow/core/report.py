@@ -20,6 +20,12 @@ def render_training_report(facts: TrainingFacts, registered: RegisteredModel) ->
         "|---|---|---:|---:|---:|---|",
         f"| train | {facts.train.month} | {facts.train.rows_read:,} | {facts.train.rows_kept:,} | {lost_train:,} | `{facts.train.sha256[:16]}` |",
         f"| validation | {facts.val.month} | {facts.val.rows_read:,} | {facts.val.rows_kept:,} | {lost_val:,} | `{facts.val.sha256[:16]}` |",
+    ]
+    for label, month in (("train", facts.train), ("validation", facts.val)):
+        if month.dropped:
+            reasons = ", ".join(f"{reason} {n:,}" for reason, n in month.dropped.items())
+            lines.append(f"\nDropped from {label} {month.month}: {reasons}.")
+    lines += [
         "",
         "## Model",
         "",

@@ -1,8 +1,8 @@
 """TLC trip types mapped to one canonical trip schema, by declaration.
 
-Each trip type names the source columns that carry the canonical fields; a new type or a renamed
-column is one entry here. Types are coerced after reading because the TLC's dtypes drift between
-months (int32/int64/double zone IDs, null-typed columns, large strings).
+Each trip type lists, per canonical field, the source column names it has been published under
+(first present wins). A new type or a renamed column is one entry here. Types are coerced after
+reading (preparation) because the TLC's dtypes drift between months.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from taxiflow.core.errors import DataFileError, InvalidArgumentError
+
 TaxiType = Literal["green", "yellow", "fhv", "fhvhv"]
-TAXI_TYPES: tuple[str, ...] = ("green", "yellow", "fhv", "fhvhv")
 
 # Canonical column names used everywhere after reading.
 PICKUP_AT = "pickup_at"
@@ -20,46 +21,74 @@ PICKUP_ZONE = "pickup_zone"
 DROPOFF_ZONE = "dropoff_zone"
 DISTANCE = "distance"
 DURATION = "duration_min"
+CANONICAL_FIELDS = (PICKUP_AT, DROPOFF_AT, PICKUP_ZONE, DROPOFF_ZONE, DISTANCE)
 
 
 @dataclass(frozen=True)
 class TripLayout:
-    """Where one trip type keeps each canonical field (None: the type doesn't have it)."""
+    """Where one trip type keeps each canonical field; a field it lacks is simply absent."""
 
     taxi: str
-    pickup_at: str
-    dropoff_at: str
-    pickup_zone: str
-    dropoff_zone: str
-    distance: str | None
+    columns: dict[str, tuple[str, ...]]
 
-    def source_columns(self, canonical: list[str]) -> dict[str, str]:
-        """Map canonical name -> source column for the requested canonical fields."""
-        mapping = {
-            PICKUP_AT: self.pickup_at,
-            DROPOFF_AT: self.dropoff_at,
-            PICKUP_ZONE: self.pickup_zone,
-            DROPOFF_ZONE: self.dropoff_zone,
-            DISTANCE: self.distance,
-        }
-        return {name: mapping[name] for name in canonical if mapping[name] is not None}
+    def has(self, field: str) -> bool:
+        return field in self.columns
+
+    def resolve(self, canonical: list[str], available: list[str], *, source: str) -> dict[str, str]:
+        """canonical name -> the source column present in this file; a clear error for what's missing."""
+        lacking = [f for f in canonical if not self.has(f)]
+        if lacking:
+            raise DataFileError(f"{source}: {self.taxi} trips have no {', '.join(lacking)} column")
+        present = set(available)
+        mapping, missing = {}, []
+        for field in canonical:
+            found = next((name for name in self.columns[field] if name in present), None)
+            if found is None:
+                missing.append(" or ".join(self.columns[field]))
+            else:
+                mapping[field] = found
+        if missing:
+            raise DataFileError(
+                f"{source}: missing column(s) {', '.join(missing)} expected in {self.taxi} trip files "
+                f"(found: {', '.join(available)})"
+            )
+        return mapping
 
 
 TRIP_LAYOUTS: dict[str, TripLayout] = {
-    "green": TripLayout("green", "lpep_pickup_datetime", "lpep_dropoff_datetime", "PULocationID", "DOLocationID", "trip_distance"),
-    "yellow": TripLayout("yellow", "tpep_pickup_datetime", "tpep_dropoff_datetime", "PULocationID", "DOLocationID", "trip_distance"),
-    "fhv": TripLayout("fhv", "pickup_datetime", "dropOff_datetime", "PUlocationID", "DOlocationID", None),
-    "fhvhv": TripLayout("fhvhv", "pickup_datetime", "dropoff_datetime", "PULocationID", "DOLocationID", "trip_miles"),
+    "green": TripLayout("green", {
+        PICKUP_AT: ("lpep_pickup_datetime",), DROPOFF_AT: ("lpep_dropoff_datetime",),
+        PICKUP_ZONE: ("PULocationID",), DROPOFF_ZONE: ("DOLocationID",), DISTANCE: ("trip_distance",),
+    }),
+    "yellow": TripLayout("yellow", {
+        PICKUP_AT: ("tpep_pickup_datetime",), DROPOFF_AT: ("tpep_dropoff_datetime",),
+        PICKUP_ZONE: ("PULocationID",), DROPOFF_ZONE: ("DOLocationID",), DISTANCE: ("trip_distance",),
+    }),
+    # FHV records carry no distance; their zone columns have been published in both spellings.
+    "fhv": TripLayout("fhv", {
+        PICKUP_AT: ("pickup_datetime",), DROPOFF_AT: ("dropOff_datetime", "dropoff_datetime"),
+        PICKUP_ZONE: ("PUlocationID", "PULocationID"), DROPOFF_ZONE: ("DOlocationID", "DOLocationID"),
+    }),
+    "fhvhv": TripLayout("fhvhv", {
+        PICKUP_AT: ("pickup_datetime",), DROPOFF_AT: ("dropoff_datetime",),
+        PICKUP_ZONE: ("PULocationID",), DROPOFF_ZONE: ("DOLocationID",), DISTANCE: ("trip_miles",),
+    }),
 }
+TAXI_TYPES: tuple[str, ...] = tuple(TRIP_LAYOUTS)
 
 
 def layout_for(taxi: str) -> TripLayout:
-    from taxiflow.core.errors import InvalidArgumentError
-
     try:
         return TRIP_LAYOUTS[taxi]
     except KeyError:
         raise InvalidArgumentError(f"taxi: expected one of {', '.join(TAXI_TYPES)}, got {taxi!r}") from None
+
+
+def check_fields_available(taxi: str, fields: list[str], *, what: str) -> None:
+    """Refuse up front a request (e.g. a feature set) needing a field this trip type lacks."""
+    lacking = [f for f in fields if not layout_for(taxi).has(f)]
+    if lacking:
+        raise InvalidArgumentError(f"{what}: {taxi} trips have no {', '.join(lacking)} column")
 
 
 def tlc_file_name(taxi: str, month: object) -> str:

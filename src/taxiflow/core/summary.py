@@ -12,6 +12,7 @@ class MonthFacts:
     sha256: str
     rows_read: int
     rows_kept: int
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class TrainingFacts:
             "rows_val_read": self.val.rows_read,
             "rows_val": self.val.rows_kept,
         }
+        for split, month in (("train", self.train), ("val", self.val)):
+            metrics.update({f"dropped_{split}_{reason}": n for reason, n in month.dropped.items()})
         if self.intercept is not None:
             metrics["intercept"] = self.intercept
         if self.best_iteration is not None:
@@ -88,6 +91,8 @@ def training_summary(facts: TrainingFacts, registered: RegisteredModel, tracking
         "model": facts.model,
         "features": list(facts.features),
         "n_features": facts.n_features,
+        "dropped_train": facts.train.dropped,
+        "dropped_val": facts.val.dropped,
         "tracking_uri": tracking_uri,
         **asdict(registered),
     }
@@ -96,3 +101,13 @@ def training_summary(facts: TrainingFacts, registered: RegisteredModel, tracking
     if facts.best_iteration is not None:
         summary["best_iteration"] = facts.best_iteration
     return summary
+
+
+def data_quality_rows(facts: TrainingFacts) -> list[dict[str, object]]:
+    """One row per (split, reason): how much each month lost and why (a Prefect table artifact)."""
+    rows = []
+    for split, month in (("train", facts.train), ("validation", facts.val)):
+        for reason, n in month.dropped.items():
+            rows.append({"split": split, "month": month.month, "reason": reason, "rows": n, "share": f"{n / month.rows_read:.3%}"})
+        rows.append({"split": split, "month": month.month, "reason": "kept", "rows": month.rows_kept, "share": f"{month.rows_kept / month.rows_read:.3%}"})
+    return rows

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 from pydantic import Field
 
-from taxiflow.core.errors import DownloadError
 from taxiflow.core.features import (
     FeatureMatrix,
     FeatureVocabulary,
@@ -28,53 +27,56 @@ from taxiflow.core.features import (
     required_columns,
 )
 from taxiflow.core.metrics import RegressionMetrics, regression_metrics
-from taxiflow.core.months import parse_month_pair
+from taxiflow.core.months import Month, parse_month_pair
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
 from taxiflow.core.report import render_training_report
-from taxiflow.core.schema import DROPOFF_AT, PICKUP_AT, layout_for
-from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, training_summary
+from taxiflow.core.schema import DROPOFF_AT, PICKUP_AT, check_fields_available, layout_for
+from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, data_quality_rows, training_summary
 from taxiflow.core.training import DurationModel, LinearModel, XGBoostModel, XGBoostParams, fit_linear, fit_xgboost
 from taxiflow.io.tracking import TrackingStore, redact_uri
-from taxiflow.io.trip_files import TripFile, get_month_file
+from taxiflow.io.month_cache import MonthCache, TripFile
+from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
+from taxiflow.io.trip_files import get_month_file
 from taxiflow.io.trip_tables import read_trip_table
-from taxiflow.settings import load_settings
+from taxiflow.settings import TaxiflowSettings, load_settings
 
 REPORT_KEY = "duration-model-report"
+QUALITY_KEY = "data-quality"
+SourceChoice = Literal["auto", "local", "tlc", "s3"]
 MonthText = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
 FeatureChoice = Literal["pu_do", "pu", "do", "distance"]
 
 
-def _is_transient(task, task_run, state) -> bool:
-    """Retry network hiccups, not 'month not published' or a bad file."""
-    try:
-        state.result()
-    except DownloadError:
-        return True
-    except BaseException:
-        return False
-    return False
+def month_source(kind: str, settings: TaxiflowSettings, tlc_base_url: str | None, s3_block: str | None) -> MonthSource | None:
+    """The download source for months not in the data directory (None: local files only)."""
+    if kind == "local":
+        return None
+    if kind == "s3":
+        return S3Source.from_block(s3_block or settings.s3_block)
+    base_url = settings.tlc_base_url if tlc_base_url is None else tlc_base_url
+    if not base_url:
+        return None
+    policy = RetryPolicy(retries=settings.download_retries, backoff_s=settings.download_backoff_s)
+    return HttpSource(base_url, timeout_s=settings.download_timeout_s, policy=policy)
 
 
-@task(
-    task_run_name="get-{taxi}-{month}",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=_is_transient,
-    cache_policy=NO_CACHE,
-)
-def get_month(taxi: str, month: str, data_dir: str, base_url: str | None, timeout_s: float) -> TripFile:
-    trip_file = get_month_file(taxi, month, data_dir=Path(data_dir), base_url=base_url, timeout_s=timeout_s)
-    get_run_logger().info("%s %s: %s (%d rows, sha256 %s…, %s)", taxi, month, trip_file.path, trip_file.num_rows, trip_file.sha256[:12], trip_file.origin)
+# Network retries (backoff, jitter, no retry on 404) happen inside the source, per download.
+@task(task_run_name="get-{taxi}-{month}", cache_policy=NO_CACHE)
+def get_month(taxi: str, month: str, source_kind: str, data_dir: str | None, tlc_base_url: str | None, s3_block: str | None) -> TripFile:
+    settings = load_settings()
+    source = month_source(source_kind, settings, tlc_base_url, s3_block)
+    local_dir = Path(data_dir) if source_kind in ("auto", "local") and data_dir else None
+    trip_file = get_month_file(taxi, month, data_dir=local_dir, source=source, cache=MonthCache(settings.cache_dir()))
+    get_run_logger().info("%s %s: %s (%d rows, sha256 %s…, from %s)", taxi, month, trip_file.path, trip_file.num_rows, trip_file.sha256[:12], trip_file.origin)
     return trip_file
 
 
 @task(task_run_name="prepare-{trip_file.month}", cache_policy=NO_CACHE)
-def prepare_month(trip_file: TripFile, features: tuple[str, ...]) -> PreparedTrips:
+def prepare_month(trip_file: TripFile, features: tuple[str, ...], month_window_days: int | None) -> PreparedTrips:
     columns = [PICKUP_AT, DROPOFF_AT, *required_columns(features)]
     table = read_trip_table(trip_file.path, layout_for(trip_file.taxi), columns)
-    prepared = prepare_trips(table, source=trip_file.path)
-    get_run_logger().info("%s: kept %d of %d rows (1..60 min)", trip_file.month, prepared.rows_kept, prepared.rows_read)
+    prepared = prepare_trips(table, source=trip_file.path, month=Month.parse(trip_file.month), month_window_days=month_window_days)
+    get_run_logger().info("%s: kept %d of %d rows; dropped %s", trip_file.month, prepared.rows_kept, prepared.rows_read, prepared.dropped or "none")
     return prepared
 
 
@@ -121,6 +123,16 @@ def log_and_register(facts: TrainingFacts, model: DurationModel, vocabulary: Fea
 
 
 @task(cache_policy=NO_CACHE)
+def publish_data_quality(facts: TrainingFacts) -> str:
+    create_table_artifact(
+        key=QUALITY_KEY,
+        table=data_quality_rows(facts),
+        description=f"Rows kept and dropped by reason: {facts.taxi} {facts.train.month} (train), {facts.val.month} (validation)",
+    )
+    return QUALITY_KEY
+
+
+@task(cache_policy=NO_CACHE)
 def publish_report(facts: TrainingFacts, registered: RegisteredModel) -> str:
     create_markdown_artifact(
         key=REPORT_KEY,
@@ -131,7 +143,7 @@ def publish_report(facts: TrainingFacts, registered: RegisteredModel) -> str:
 
 
 def _month_facts(trip_file: TripFile, prepared: PreparedTrips) -> MonthFacts:
-    return MonthFacts(trip_file.month, trip_file.path, trip_file.sha256, prepared.rows_read, prepared.rows_kept)
+    return MonthFacts(trip_file.month, trip_file.path, trip_file.sha256, prepared.rows_read, prepared.rows_kept, prepared.dropped)
 
 
 @flow(name="train", log_prints=True)
@@ -140,10 +152,12 @@ def train(
     train_month: MonthText = "2023-01",
     val_month: MonthText = "2023-02",
     data_dir: str | None = None,
+    source: SourceChoice = "auto",
     model: Literal["xgboost", "linear"] = "xgboost",
     features: list[FeatureChoice] = ["pu_do", "distance"],  # noqa: B006 - Prefect needs a literal default for the form
     min_count: Annotated[int, Field(ge=1)] = 1,
     collapse_duplicates: bool = True,
+    month_window_days: Annotated[int | None, Field(ge=0, le=31)] = None,
     learning_rate: Annotated[float | None, Field(gt=0)] = None,
     max_depth: Annotated[int | None, Field(ge=1, le=64)] = None,
     min_child_weight: Annotated[float | None, Field(ge=0)] = None,
@@ -155,22 +169,22 @@ def train(
     experiment_name: str | None = None,
     model_name: str | None = None,
     tlc_base_url: str | None = None,
+    s3_block: str | None = None,
 ) -> dict:
     """Train a trip-duration model on one month, validate on a later one, register it in MLflow."""
     settings = load_settings()
     train_m, val_m = parse_month_pair(train_month, val_month)
-    layout_for(taxi)
     feature_set = parse_features(features)
+    check_fields_available(taxi, required_columns(feature_set), what="features")
     params = XGBoostParams().with_overrides(
         learning_rate=learning_rate, max_depth=max_depth, min_child_weight=min_child_weight, reg_alpha=reg_alpha,
         reg_lambda=reg_lambda, seed=seed, num_boost_round=num_boost_round, early_stopping_rounds=early_stopping_rounds,
     )
     directory = str(Path(data_dir) if data_dir else settings.data_dir)
-    base_url = settings.tlc_base_url if tlc_base_url is None else tlc_base_url
 
     # Both months are fetched and prepared concurrently (I/O and decoding overlap).
-    files = [get_month.submit(taxi, str(m), directory, base_url, settings.download_timeout_s) for m in (train_m, val_m)]
-    prepared_futures = [prepare_month.submit(f, feature_set) for f in files]
+    files = [get_month.submit(taxi, str(m), source, directory, tlc_base_url, s3_block) for m in (train_m, val_m)]
+    prepared_futures = [prepare_month.submit(f, feature_set, month_window_days) for f in files]
     train_file, val_file = (f.result() for f in files)
     train_trips, val_trips = (p.result() for p in prepared_futures)
 
@@ -198,10 +212,11 @@ def train(
         rmse=metrics.rmse,
         mae=metrics.mae,
         model_params=asdict(params) if model == "xgboost" else {},
-        options={"min_count": min_count, "collapse_duplicates": collapse_duplicates},
+        options={"min_count": min_count, "collapse_duplicates": collapse_duplicates, "month_window_days": month_window_days},
         intercept=fitted.intercept if isinstance(fitted, LinearModel) else None,
         best_iteration=fitted.best_iteration if isinstance(fitted, XGBoostModel) else None,
     )
+    publish_data_quality(facts)
     registered = log_and_register(facts, fitted, vocabulary, model_name or settings.model_name, experiment_name or settings.experiment_name)
     publish_report(facts, registered)
     return training_summary(facts, registered, redact_uri(settings.resolved_tracking_uri()))

@@ -98,6 +98,7 @@ class TrackingStore:
                 metrics=[mlflow.entities.Metric(k, v, 0, 0) for k, v in facts.mlflow_metrics().items()],
             )
             self.client.log_text(run_id, vocabulary.to_json(), "feature_vocabulary.json")
+            self.client.log_dict(run_id, {"train": facts.train.dropped, "val": facts.val.dropped}, "data_quality.json")
             with tempfile.TemporaryDirectory(prefix="taxiflow-model-") as tmp:
                 bundle = save_model_bundle(model, vocabulary, Path(tmp) / "bundle")
                 mlflow.set_tracking_uri(self.tracking_uri)

@@ -11,28 +11,25 @@ from taxiflow.core.errors import DataFileError
 from taxiflow.core.schema import TripLayout
 
 
-def read_trip_table(path: str, layout: TripLayout, canonical: list[str]) -> pa.Table:
-    """Columns `canonical` (canonical names) from `path`, laid out as `layout` says."""
+def open_parquet(path: str, *, source: str | None = None) -> pq.ParquetFile:
+    """Open the footer; a file that isn't parquet (HTML page, truncated, random bytes) fails here."""
     try:
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
-    except Exception as exc:
-        raise DataFileError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
-    wanted = layout.source_columns(canonical)
-    absent = [name for name in canonical if name not in wanted]
-    if absent:
-        raise DataFileError(f"{path}: {layout.taxi} trips have no {', '.join(absent)} column")
+        return pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError variants for junk
+        raise DataFileError(f"{source or path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
+
+
+def read_trip_table(path: str, layout: TripLayout, canonical: list[str], *, source: str | None = None) -> pa.Table:
+    """Columns `canonical` (canonical names) from `path`, laid out as `layout` says."""
+    source = source or path
+    parquet = open_parquet(path, source=source)
+    names = parquet.schema_arrow.names
+    wanted = layout.resolve(canonical, names, source=source)
     dupes = sorted(n for n, c in Counter(names).items() if c > 1 and n in wanted.values())
     if dupes:
-        raise DataFileError(f"{path}: column(s) {', '.join(dupes)} appear more than once")
-    missing = [src for src in wanted.values() if src not in names]
-    if missing:
-        raise DataFileError(
-            f"{path}: missing column(s) {', '.join(missing)} expected in {layout.taxi} trip files "
-            f"(found: {', '.join(names)})"
-        )
+        raise DataFileError(f"{source}: column(s) {', '.join(dupes)} appear more than once")
     try:
         table = parquet.read(columns=list(wanted.values()))
     except Exception as exc:
-        raise DataFileError(f"{path}: cannot decode columns {', '.join(wanted.values())} ({exc})") from None
+        raise DataFileError(f"{source}: cannot decode columns {', '.join(wanted.values())} ({exc})") from None
     return table.rename_columns(list(wanted.keys()))

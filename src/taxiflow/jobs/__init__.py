@@ -1,0 +1,1 @@
+"""Use cases that are not Prefect flows: thin functions over `core` and `io`, called by the CLI."""
