@@ -106,7 +106,7 @@ def test_linear_model_and_homework_features_against_an_mlflow_server(run_taxiflo
         assert served_rmse == pytest.approx(summary["rmse"], abs=1e-4)
 
 
-def test_months_missing_locally_are_downloaded(run_taxiflow, tlc_dir, tmp_path):
+def test_months_missing_locally_are_downloaded(run_taxiflow, tlc_dir, tmp_path, state_dir):
     data_dir = tmp_path / "data"
     with file_server(stage_tlc_tree(tlc_dir, tmp_path / "site")) as base_url:
         result = run_taxiflow(
@@ -115,7 +115,9 @@ def test_months_missing_locally_are_downloaded(run_taxiflow, tlc_dir, tmp_path):
         )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.json()["rows_train"] == 65_946
-    assert sorted(p.name for p in data_dir.iterdir()) == ["green_tripdata_2023-01.parquet", "green_tripdata_2023-02.parquet"]
+    assert not data_dir.exists(), "downloads go to the cache, not the user's data directory"
+    cached = sorted(p.name for p in (state_dir / "cache").rglob("*.parquet"))
+    assert cached == ["green_tripdata_2023-01.parquet", "green_tripdata_2023-02.parquet"]
 
 
 def test_xgboost_parameters_are_overridable(run_taxiflow, tlc_dir, state_dir):
@@ -171,7 +173,7 @@ def test_unpublished_month(run_taxiflow, tlc_dir, tmp_path, state_dir):
     [
         ("not parquet", lambda d, t: (d / "green_tripdata_2023-02.parquet").write_text("<html>404 Not Found</html>"), r"green_tripdata_2023-02\.parquet: not a readable parquet file"),
         ("missing column", lambda d, t: _bad_parquet(t, d, "2023-02", lambda tb: tb.drop_columns(["lpep_dropoff_datetime"])), r"green_tripdata_2023-02\.parquet: missing column\(s\) lpep_dropoff_datetime"),
-        ("no rows left", lambda d, t: _bad_parquet(t, d, "2023-02", lambda tb: tb.set_column(tb.schema.get_field_index("lpep_dropoff_datetime"), "lpep_dropoff_datetime", tb["lpep_pickup_datetime"])), r"green_tripdata_2023-02\.parquet: no trips left after keeping durations of 1\.\.60 minutes \(64809 rows read\)"),
+        ("no rows left", lambda d, t: _bad_parquet(t, d, "2023-02", lambda tb: tb.set_column(tb.schema.get_field_index("lpep_dropoff_datetime"), "lpep_dropoff_datetime", tb["lpep_pickup_datetime"])), r"green_tripdata_2023-02\.parquet: no usable trips: all 64,809 rows failed checks: duration_out_of_range 64,809"),
         ("zone IDs as text", lambda d, t: _bad_parquet(t, d, "2023-02", lambda tb: tb.set_column(tb.schema.get_field_index("PULocationID"), "PULocationID", pc.cast(tb["PULocationID"], "string"))), r"green_tripdata_2023-02\.parquet: column 'pickup_zone' holds String, expected integer zone IDs"),
     ],
 )
@@ -190,6 +192,6 @@ def test_feature_a_trip_type_lacks(run_taxiflow, tlc_dir, tmp_path, state_dir):
     for month in ("2023-01", "2023-02"):
         copy_month(tlc_dir, f"green_tripdata_{month}.parquet", data_dir).rename(data_dir / f"fhv_tripdata_{month}.parquet")
     result = run_taxiflow("train", "--taxi", "fhv", "--train-month", "2023-01", "--val-month", "2023-02", "--data-dir", str(data_dir))
-    assert result.returncode == 1
-    assert "fhv trips have no distance column" in result.stderr
+    assert result.returncode == 2, "refused up front, before any data is read"
+    assert "taxiflow: error: --features: fhv trips have no distance column" in result.stderr
     assert registered_versions(state_dir) == []

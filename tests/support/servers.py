@@ -192,3 +192,13 @@ def faulty_file_server(directory: Path, plan: FaultPlan) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def s3_server(root: Path) -> Iterator[str]:
+    """moto's S3-protocol server (in memory: create buckets after each start)."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with running_process(cmd, f"http://127.0.0.1:{port}/moto-api/", root / "moto.log", base_env()):
+        yield f"http://127.0.0.1:{port}"
