@@ -76,7 +76,85 @@ def _build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--folder", default="", help="key prefix of the month files in the bucket")
     blocks.add_argument("--endpoint-url", help="S3-protocol endpoint (e.g. a local moto server)")
     blocks.add_argument("--block", default="taxi-data", help="S3Bucket block name")
+
+    stack = sub.add_parser("stack", help="the local platform: Prefect server + worker, MLflow server, S3 server").add_subparsers(dest="stack_command", required=True)
+    up = stack.add_parser("up", help="start what isn't running (idempotent), create blocks and the work pool, start a worker")
+    up.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite", help="metadata database of both servers")
+    up.add_argument("--artifacts", choices=("local", "s3"), default="local", help="where the MLflow server keeps artifacts")
+    up.add_argument("--upload", metavar="TAXI:MONTHS", action="append", default=[], help="upload months from the data dir to the bucket, e.g. green:2023-01..2023-02")
+    stack.add_parser("status", help="what is up, where, and what is unhealthy (exit 1 if anything is)")
+    stack.add_parser("down", help="stop exactly the processes `up` started, worker first")
+    stack.add_parser("env", help="print shell exports pointing the CLI and Prefect at the stack")
+    sub.add_parser("deploy", help="register the deployments in prefect.yaml with the running Prefect server")
     return parser
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from taxiflow.platform.stack import StackState, stack_checks, stack_down, stack_up
+    from taxiflow.settings import load_settings
+
+    settings = load_settings()
+    if args.stack_command == "up":
+        uploads = []
+        for spec in args.upload:
+            taxi, _, months = spec.partition(":")
+            if taxi not in TAXI_TYPES or not months:
+                raise InvalidArgumentError(f"--upload: expected TAXI:MONTHS like green:2023-01..2023-02, got {spec!r}")
+            uploads += [(taxi, str(m)) for m in parse_month_range(months, argument="--upload")]
+        state = stack_up(settings, db=args.db, artifacts=args.artifacts, upload=uploads)
+        print(f"\nPrefect UI:  {state.urls['prefect_ui']}\nMLflow UI:   {state.urls['mlflow']}\nS3 endpoint: {state.urls['s3']} (bucket {settings.stack_bucket})")
+        print(f"Point your shell at it: eval \"$(taxiflow stack env)\"   then: taxiflow deploy")
+        return 0
+    if args.stack_command == "down":
+        stack_down(settings)
+        return 0
+    if args.stack_command == "env":
+        state = StackState.load(settings.stack_dir() / "stack.json")
+        if not state.urls:
+            raise InvalidArgumentError("the stack is not running: `taxiflow stack up` first")
+        print(f"export PREFECT_API_URL={state.urls['prefect_api']}\nexport MLFLOW_TRACKING_URI={state.urls['mlflow']}")
+        return 0
+    checks = stack_checks(settings)
+    for check in checks:
+        print(f"{'ok ' if check.ok else 'BAD'}  {check.name:<13}{check.detail}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from taxiflow.platform.stack import BIN, REPO_ROOT, StackState
+    from taxiflow.settings import load_settings
+
+    settings = load_settings()
+    env = dict(os.environ, TAXIFLOW_CODE_DIR=str(REPO_ROOT))
+    if "PREFECT_API_URL" not in env:
+        state = StackState.load(settings.stack_dir() / "stack.json")
+        if not state.urls:
+            raise InvalidArgumentError("no Prefect server: set PREFECT_API_URL or run `taxiflow stack up`")
+        env["PREFECT_API_URL"] = state.urls["prefect_api"]
+    result = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stdout[-3000:], result.stderr[-3000:], file=sys.stderr)
+        raise TaxiflowError(f"prefect deploy failed (exit {result.returncode}) against {env['PREFECT_API_URL']}")
+    print(f"Deployed to {env['PREFECT_API_URL']}: train/taxi-local-data, train/taxi-s3-data, train-monthly/taxi-monthly")
+    print("Run one: prefect deployment run 'train/taxi-local-data' -p train_month=2023-01 -p val_month=2023-02")
+    return 0
+
+
+def _reuse_running_stack() -> None:
+    """Without PREFECT_API_URL, use the local stack's Prefect server if it is up (saves Prefect's ~10-15 s temporary server)."""
+    if "PREFECT_API_URL" in os.environ:
+        return
+    from taxiflow.platform.stack import StackState
+    from taxiflow.platform.processes import is_healthy
+    from taxiflow.settings import load_settings
+
+    state = StackState.load(load_settings().stack_dir() / "stack.json")
+    prefect = state.services.get("prefect")
+    if prefect is not None and is_healthy(prefect, timeout_s=1.0):
+        os.environ["PREFECT_API_URL"] = state.urls["prefect_api"]
+        print(f"taxiflow: using the running stack's Prefect server at {state.urls['prefect_api']}", file=sys.stderr)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -92,6 +170,7 @@ def _train(args: argparse.Namespace) -> int:
         # Passed by environment, not as a flow parameter: URIs can carry credentials.
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
 
+    _reuse_running_stack()
     from taxiflow.flows.train import train
 
     summary = train(
@@ -191,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "data":
             return _data(args)
+        if args.command == "stack":
+            return _stack(args)
+        if args.command == "deploy":
+            return _deploy(args)
     except InvalidArgumentError as exc:
         print(f"taxiflow: error: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,18 @@ class TaxiflowSettings(BaseSettings):
     experiment_name: str = "nyc-taxi-experiment"
     model_name: str = "nyc-taxi-duration"
 
+    # The local platform (`taxiflow stack up`): every service on 127.0.0.1.
+    stack_host: str = "127.0.0.1"
+    stack_prefect_port: int = Field(4200, ge=1, le=65535)
+    stack_mlflow_port: int = Field(5000, ge=1, le=65535)
+    stack_s3_port: int = Field(9000, ge=1, le=65535)
+    stack_postgres_port: int = Field(5433, ge=1, le=65535)
+    stack_bucket: str = "taxi-data"
+    work_pool: str = "taxi-pool"
+
+    def stack_dir(self) -> Path:
+        return (self.state_dir / "stack").resolve()
+
     def resolved_tracking_uri(self) -> str:
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if uri:

@@ -66,3 +66,8 @@ def parse_month_range(text: str, *, argument: str = "months", limit: int = 240) 
     if len(months) > limit:
         raise InvalidArgumentError(f"{argument}: {len(months)} months requested, at most {limit} at once")
     return sorted(set(months))
+
+
+def monthly_training_months(reference: Month) -> tuple[Month, Month]:
+    """A monthly retrain in `reference`: train on the month before last, validate on last month."""
+    return reference.shift(-2), reference.shift(-1)

@@ -37,6 +37,7 @@ from taxiflow.io.tracking import TrackingStore, redact_uri
 from taxiflow.io.month_cache import MonthCache, TripFile
 from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
 from taxiflow.io.trip_files import get_month_file
+from taxiflow.flows.worker_bond import exit_with_worker
 from taxiflow.io.trip_tables import read_trip_table
 from taxiflow.settings import TaxiflowSettings, load_settings
 
@@ -172,6 +173,7 @@ def train(
     s3_block: str | None = None,
 ) -> dict:
     """Train a trip-duration model on one month, validate on a later one, register it in MLflow."""
+    exit_with_worker()
     settings = load_settings()
     train_m, val_m = parse_month_pair(train_month, val_month)
     feature_set = parse_features(features)
