@@ -1,0 +1,43 @@
+"""`taxiflow stack up --db postgres`: both servers keep their metadata in PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.platform.test_stack import Stack
+from tests.support.servers import free_port
+
+pytestmark = pytest.mark.servers
+
+
+def _psql(port: str, database: str, sql: str) -> str:
+    return subprocess.run(["psql", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", database, "-tAc", sql], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_postgres_backs_prefect_and_mlflow(tmp_path, tlc_dir):
+    stack = Stack(tmp_path, tlc_dir)
+    port = str(free_port())
+    stack.env["TAXIFLOW_STACK_POSTGRES_PORT"] = port
+    try:
+        up = stack.run("stack", "up", "--db", "postgres", timeout=600)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert set(stack.state()["services"]) == {"postgres", "s3", "mlflow", "prefect", "worker"}
+        assert stack.run("stack", "status").returncode == 0
+
+        trained = stack.run("train", "--model", "linear", "--train-month", "2023-01", "--val-month", "2023-02", "--json",
+                            extra_env={"PREFECT_API_URL": stack.api, "MLFLOW_TRACKING_URI": stack.mlflow})
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        assert [v.version for v in MlflowClient(stack.mlflow).search_model_versions("name='nyc-taxi-duration'")] == ["1"]
+        # The rows live in PostgreSQL, not in a SQLite file.
+        assert _psql(port, "mlflow", "SELECT count(*) FROM model_versions") == "1"
+        assert int(_psql(port, "prefect", "SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'")) >= 1
+        assert not (tmp_path / "state" / "stack" / "mlflow.db").exists()
+        switch = stack.run("stack", "up", "--db", "sqlite")
+        assert switch.returncode == 1 and "the stack is running with --db postgres" in switch.stderr
+    finally:
+        down = stack.run("stack", "down")
+    assert down.returncode == 0 and "postgres stopped" in " ".join(down.stdout.split())
+    assert subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", port, "-q"]).returncode != 0
