@@ -103,7 +103,7 @@ def _stack(args: argparse.Namespace) -> int:
             uploads += [(taxi, str(m)) for m in parse_month_range(months, argument="--upload")]
         state = stack_up(settings, db=args.db, artifacts=args.artifacts, upload=uploads)
         print(f"\nPrefect UI:  {state.urls['prefect_ui']}\nMLflow UI:   {state.urls['mlflow']}\nS3 endpoint: {state.urls['s3']} (bucket {settings.stack_bucket})")
-        print(f"Point your shell at it: eval \"$(taxiflow stack env)\"   then: taxiflow deploy")
+        print("Point your shell at it: eval \"$(taxiflow stack env)\"   then: taxiflow deploy")
         return 0
     if args.stack_command == "down":
         stack_down(settings)

@@ -95,6 +95,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def file_server(directory: Path, handler: type[http.server.BaseHTTPRequestHandler] = _QuietHandler) -> Iterator[str]:
     """Serve `directory` over HTTP (the TLC's CDN, locally)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
+    server.daemon_threads = True
+    server.block_on_close = False  # stalled handlers must not hold up a test's teardown
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -179,19 +181,9 @@ def _faulty_handler(plan: FaultPlan):
     return Handler
 
 
-@contextlib.contextmanager
-def faulty_file_server(directory: Path, plan: FaultPlan) -> Iterator[str]:
+def faulty_file_server(directory: Path, plan: FaultPlan):
     """Like `file_server`, injecting the plan's faults."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_faulty_handler(plan), directory=str(directory)))
-    server.daemon_threads = True
-    server.block_on_close = False  # stalled handlers must not hold up the test's teardown
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/trip-data/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return file_server(directory, handler=_faulty_handler(plan))
 
 
 @contextlib.contextmanager
