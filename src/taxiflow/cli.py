@@ -260,10 +260,13 @@ def _describe(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    # Retry notices from the download sources go to stderr.
+    # Retry notices from the download sources go to stderr; Prefect's own logging stays as Prefect sets it.
     import logging
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("taxiflow").addHandler(handler)
+    logging.getLogger("taxiflow").setLevel(logging.INFO)
     args = _build_parser().parse_args(argv)
     try:
         if args.command == "train":
