@@ -12,7 +12,7 @@ TAXI ?= green
 TRAIN_MONTH ?= 2023-01
 VAL_MONTH ?= 2023-02
 
-.PHONY: setup train test
+.PHONY: setup train test bench
 setup: .venv/.synced
 
 $(UV):
@@ -28,3 +28,6 @@ train: setup
 
 test: setup
 	$(UV) run --frozen pytest
+
+bench: setup  ## taxiflow vs the course pipeline (~20 min on 2 cores): benchmarks/out/results.{md,json}, *.png
+	$(MAKE) -C benchmarks bench

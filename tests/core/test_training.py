@@ -76,3 +76,16 @@ def test_collapsed_weighted_rows_grow_the_same_model(green_prepared):
     assert regression_metrics(full_val.y, linear_collapsed.predict(full_val.X)).rmse == pytest.approx(
         regression_metrics(full_val.y, linear_full.predict(full_val.X)).rmse, abs=0.01
     )
+
+
+def test_scoring_distinct_inputs_equals_scoring_every_row(green_prepared):
+    from taxiflow.core.features import build_feature_matrix, distinct_rows, fit_vocabulary
+    from taxiflow.core.training import fit_xgboost, predict_trips
+
+    train, val = green_prepared("2023-01").frame, green_prepared("2023-02").frame
+    vocabulary = fit_vocabulary(train, ("pu_do", "distance"))
+    x_train, x_val = build_feature_matrix(train, vocabulary), build_feature_matrix(val, vocabulary)
+    model = fit_xgboost(x_train.X, x_train.y, x_val.X, x_val.y, XGBoostParams(max_depth=6, num_boost_round=5))
+    distinct, index = distinct_rows(val, vocabulary.features)
+    assert distinct.height < val.height and index.shape == (val.height,)
+    np.testing.assert_array_equal(predict_trips(model, val, vocabulary), model.predict(x_val.X))

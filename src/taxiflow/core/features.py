@@ -53,22 +53,6 @@ def required_columns(features: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(cols))
 
 
-def _zone_key(zones: tuple[np.ndarray, ...]) -> np.ndarray:
-    # One integer per category: pu * 2**16 + do for pairs. Zone IDs are < 2**16 (TLC uses 1..265).
-    key = zones[0].astype(np.int64)
-    for z in zones[1:]:
-        key = key * 65536 + z.astype(np.int64)
-    return key
-
-
-def _category_label(key: int, width: int) -> str:
-    parts = []
-    for _ in range(width):
-        parts.append(str(key % 65536))
-        key //= 65536
-    return "_".join(reversed(parts))
-
-
 @dataclass(frozen=True)
 class FeatureVocabulary:
     """Fitted feature space: requested features and the output column names, in DictVectorizer order."""
@@ -76,41 +60,50 @@ class FeatureVocabulary:
     features: tuple[str, ...]
     feature_names: tuple[str, ...]
     _lookups: dict = field(default_factory=dict, compare=False, repr=False)
+    _row_order: tuple = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Per categorical feature: sorted category keys and their output column indices.
-        lookups = {}
+        # Per categorical feature: a dense table zone(s) -> output column (-1: unseen), and the
+        # feature's position in a row. Sorted names put each feature's columns in one contiguous
+        # block, so every row lists its features in the same order: no per-row sort is needed.
         prefixes = {v: k for k, v in _CATEGORICAL_PREFIX.items()}
-        collected: dict[str, tuple[list[int], list[int]]] = {}
+        collected: dict[str, list[tuple[tuple[int, ...], int]]] = {}
+        first_column: dict[str, int] = {}
         for column, name in enumerate(self.feature_names):
             prefix, sep, label = name.partition("=")
-            if sep and prefix in prefixes:
-                feature = prefixes[prefix]
-                key = 0
-                for part in label.split("_"):
-                    key = key * 65536 + int(part)
-                keys, cols = collected.setdefault(feature, ([], []))
-                keys.append(key)
-                cols.append(column)
+            feature = prefixes.get(prefix) if sep else next((f for f, n in _NUMERIC_NAME.items() if n == name), None)
+            if feature is None:
+                continue
+            first_column.setdefault(feature, column)
+            if sep:
+                collected.setdefault(feature, []).append((tuple(int(p) for p in label.split("_")), column))
+        lookups = {}
         for feature in self.features:
             if feature in _CATEGORICAL_PREFIX:
-                keys, cols = collected.get(feature, ([], []))
-                order = np.argsort(np.asarray(keys, dtype=np.int64))
-                lookups[feature] = (np.asarray(keys, dtype=np.int64)[order], np.asarray(cols, dtype=np.int64)[order])
+                entries = collected.get(feature, [])
+                width = len(_CATEGORICAL_ZONES[feature])
+                size = max((max(zones) for zones, _ in entries), default=0) + 1
+                table = np.full((size,) * width, -1, dtype=np.int32)
+                for zones, column in entries:
+                    table[zones] = column
+                lookups[feature] = table
+        order = sorted(self.features, key=lambda f: first_column.get(f, len(self.feature_names)))
         object.__setattr__(self, "_lookups", lookups)
+        object.__setattr__(self, "_row_order", tuple(order))
 
     @property
     def size(self) -> int:
         return len(self.feature_names)
 
-    def column_of(self, feature: str, keys: np.ndarray) -> np.ndarray:
-        """Output column per row for a categorical feature; -1 where the category is unseen."""
-        sorted_keys, cols = self._lookups[feature]
-        if sorted_keys.size == 0:
-            return np.full(keys.shape, -1, dtype=np.int64)
-        pos = np.searchsorted(sorted_keys, keys)
-        pos = np.minimum(pos, sorted_keys.size - 1)
-        return np.where(sorted_keys[pos] == keys, cols[pos], -1)
+    def column_of(self, feature: str, zones: list[np.ndarray], valid: np.ndarray) -> np.ndarray:
+        """Output column per row for a categorical feature; -1 where unseen, null or out of range."""
+        table = self._lookups[feature]
+        inside = valid.copy()
+        for z in zones:
+            inside &= (z >= 0) & (z < table.shape[0])
+        columns = np.full(valid.shape, -1, dtype=np.int32)
+        columns[inside] = table[tuple(z[inside] for z in zones)]
+        return columns
 
     def to_json(self) -> str:
         return json.dumps({"features": list(self.features), "feature_names": list(self.feature_names)})
@@ -130,12 +123,12 @@ def fit_vocabulary(frame: pl.DataFrame, features: tuple[str, ...], *, min_count:
     names: list[str] = []
     for feature in features:
         if feature in _CATEGORICAL_PREFIX:
-            zone_cols = _CATEGORICAL_ZONES[feature]
-            zones = frame.select(zone_cols).drop_nulls()
-            keys = _zone_key(tuple(zones[c].to_numpy() for c in zone_cols))
-            uniq, counts = np.unique(keys, return_counts=True)
+            zone_cols = list(_CATEGORICAL_ZONES[feature])
+            # Hash-grouped counts of the (few thousand) categories, not a sort of every row.
+            seen = frame.select(zone_cols).drop_nulls().group_by(zone_cols).len().filter(pl.col("len") >= min_count)
             prefix = _CATEGORICAL_PREFIX[feature]
-            names.extend(f"{prefix}={_category_label(int(k), len(zone_cols))}" for k in uniq[counts >= min_count])
+            labels = seen.select(pl.concat_str([pl.col(c).cast(pl.String) for c in zone_cols], separator="_"))
+            names.extend(f"{prefix}={label}" for label in labels.to_series().to_list())
         else:
             names.append(_NUMERIC_NAME[feature])
     # DictVectorizer orders columns by feature name (string order).
@@ -156,6 +149,18 @@ def collapse_duplicate_rows(frame: pl.DataFrame, features: tuple[str, ...]) -> p
     return frame.group_by(keys).agg(pl.col(DURATION).mean(), pl.len().cast(pl.Float32).alias(WEIGHT))
 
 
+def distinct_rows(frame: pl.DataFrame, features: tuple[str, ...]) -> tuple[pl.DataFrame, np.ndarray]:
+    """The distinct feature inputs, and for every row the index of its distinct input.
+
+    Identical inputs get identical predictions, so scoring the distinct ones and gathering back is
+    exact, and cheaper wherever trips repeat (pairs with the same distance).
+    """
+    keys = required_columns(features)
+    distinct = frame.select(keys).unique().with_row_index("_distinct")
+    index = frame.select(keys).join(distinct, on=keys, how="left", nulls_equal=True, maintain_order="left")["_distinct"]
+    return distinct.drop("_distinct"), index.to_numpy()
+
+
 @dataclass(frozen=True)
 class FeatureMatrix:
     X: sp.csr_matrix
@@ -169,32 +174,31 @@ def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary) -> 
     name_index = {name: i for i, name in enumerate(vocabulary.feature_names)}
     col_blocks: list[np.ndarray] = []
     val_blocks: list[np.ndarray] = []
-    for feature in vocabulary.features:
+    for feature in vocabulary._row_order:
         if feature in _CATEGORICAL_PREFIX:
-            zone_cols = _CATEGORICAL_ZONES[feature]
-            zones = [frame[c] for c in zone_cols]
+            series = [frame[c] for c in _CATEGORICAL_ZONES[feature]]
             valid = np.ones(n, dtype=bool)
-            for z in zones:
-                valid &= ~z.is_null().to_numpy()
-            keys = _zone_key(tuple(z.fill_null(0).to_numpy() for z in zones))
-            cols = np.where(valid, vocabulary.column_of(feature, keys), -1)
-            col_blocks.append(cols)
+            for z in series:
+                if z.null_count():
+                    valid &= z.is_not_null().to_numpy()
+            zones = [z.fill_null(-1).to_numpy() for z in series]
+            col_blocks.append(vocabulary.column_of(feature, zones, valid))
             val_blocks.append(np.ones(n, dtype=np.float32))
         else:
             # Stored explicitly, zeros included (XGBoost treats a stored 0 as a value, an absent one as missing).
-            col_blocks.append(np.full(n, name_index[_NUMERIC_NAME[feature]], dtype=np.int64))
+            col_blocks.append(np.full(n, name_index[_NUMERIC_NAME[feature]], dtype=np.int32))
             val_blocks.append(frame[_NUMERIC_COLUMN[feature]].cast(pl.Float32).fill_null(np.nan).to_numpy())
     cols = np.column_stack(col_blocks)
     vals = np.column_stack(val_blocks)
-    if cols.shape[1] > 1:
-        # Sorted column indices within each row, as a canonical CSR matrix has them.
-        order = np.argsort(cols, axis=1, kind="stable")
-        cols = np.take_along_axis(cols, order, axis=1)
-        vals = np.take_along_axis(vals, order, axis=1)
     present = cols >= 0
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(present.sum(axis=1), out=indptr[1:])
-    X = sp.csr_matrix((vals[present], cols[present].astype(np.int32), indptr), shape=(n, vocabulary.size))
+    if present.all():
+        indptr = np.arange(0, cols.size + 1, cols.shape[1], dtype=np.int64)
+        indices, data = cols.ravel(), vals.ravel()
+    else:
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(present.sum(axis=1), out=indptr[1:])
+        indices, data = cols[present], vals[present]
+    X = sp.csr_matrix((data, indices, indptr), shape=(n, vocabulary.size))
     y = frame[DURATION].to_numpy() if DURATION in frame.columns else None
     weight = frame[WEIGHT].to_numpy() if WEIGHT in frame.columns else None
     return FeatureMatrix(X=X, y=y, weight=weight)

@@ -104,6 +104,14 @@ class XGBoostModel:
         return self.booster.predict(xgb.DMatrix(X))
 
 
+def predict_trips(model: DurationModel, frame, vocabulary) -> np.ndarray:
+    """Predicted minutes for every row of a prepared frame, scoring each distinct input once."""
+    from taxiflow.core.features import build_feature_matrix, distinct_rows
+
+    distinct, index = distinct_rows(frame, vocabulary.features)
+    return model.predict(build_feature_matrix(distinct, vocabulary).X)[index]
+
+
 def fit_linear(X: sp.csr_matrix, y: np.ndarray, weight: np.ndarray | None = None) -> LinearModel:
     from sklearn.linear_model import LinearRegression
 

@@ -29,9 +29,9 @@ from taxiflow.core.metrics import RegressionMetrics, regression_metrics
 from taxiflow.core.months import Month, parse_month_pair
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
 from taxiflow.core.report import render_training_report
-from taxiflow.core.schema import DROPOFF_AT, PICKUP_AT, check_fields_available, layout_for
+from taxiflow.core.schema import DROPOFF_AT, DURATION, PICKUP_AT, check_fields_available, layout_for
 from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, data_quality_rows, training_summary
-from taxiflow.core.training import DurationModel, LinearModel, XGBoostModel, XGBoostParams, fit_linear, fit_xgboost
+from taxiflow.core.training import DurationModel, LinearModel, XGBoostModel, XGBoostParams, fit_linear, fit_xgboost, predict_trips
 from taxiflow.io.tracking import TrackingStore, redact_uri
 from taxiflow.io.month_cache import MonthCache, TripFile
 from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
@@ -104,8 +104,8 @@ def fit_model(model: str, train: FeatureMatrix, val: FeatureMatrix, params: XGBo
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate_model(model: DurationModel, val: FeatureMatrix) -> RegressionMetrics:
-    metrics = regression_metrics(val.y, model.predict(val.X))
+def evaluate_model(model: DurationModel, val: PreparedTrips, vocabulary: FeatureVocabulary) -> RegressionMetrics:
+    metrics = regression_metrics(val.frame[DURATION].to_numpy(), predict_trips(model, val.frame, vocabulary))
     get_run_logger().info("validation RMSE %.4f, MAE %.4f", metrics.rmse, metrics.mae)
     return metrics
 
@@ -191,18 +191,11 @@ def train(
 
     vocabulary = fit_feature_vocabulary(train_trips, feature_set, min_count)
     # Fitting sees duplicate rows collapsed into weighted ones (exact for squared error, fewer rows);
-    # the reported metrics are computed on every validation row.
-    matrices = {
-        "train": build_features.submit(train_trips, vocabulary, "train", collapse_duplicates),
-        "val": build_features.submit(val_trips, vocabulary, "val", False),
-    }
-    if collapse_duplicates:
-        matrices["val-early-stopping"] = build_features.submit(val_trips, vocabulary, "val-early-stopping", True)
-    matrices = {name: future.result() for name, future in matrices.items()}
-    x_val = matrices["val"]
-
-    fitted = fit_model(model, matrices["train"], matrices.get("val-early-stopping", x_val), params)
-    metrics = evaluate_model(fitted, x_val)
+    # the reported metrics cover every validation row.
+    x_train = build_features.submit(train_trips, vocabulary, "train", collapse_duplicates)
+    x_val = build_features.submit(val_trips, vocabulary, "val", collapse_duplicates)
+    fitted = fit_model(model, x_train.result(), x_val.result(), params)
+    metrics = evaluate_model(fitted, val_trips, vocabulary)
     facts = TrainingFacts(
         taxi=taxi,
         model=model,
