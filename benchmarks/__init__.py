@@ -1,0 +1,1 @@
+"""Side-by-side benchmark: the MLOps Zoomcamp course pipeline (baseline) against taxiflow."""
