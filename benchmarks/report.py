@@ -159,7 +159,7 @@ def plot_stages(results: dict, path: Path) -> None:
     for ax, (name, pair) in zip(axes[:, 0], pairs.items()):
         runs = pair["runs"]
         bars = [("course", runs["course"]), ("taxiflow (direct)", runs["taxiflow"])]
-        for y, (label, run) in enumerate(bars):
+        for y, (_, run) in enumerate(bars):
             left = 0.0
             for stage in STAGES:
                 width = run["stages"][stage]
@@ -170,7 +170,7 @@ def plot_stages(results: dict, path: Path) -> None:
             ("taxiflow: Prefect flow (server)", runs["flow_server"]["stages"]["flow"]),
             ("taxiflow train CLI, whole process (server)", runs["cli_server"]["wall_s"]),
         ]
-        for y, (label, seconds) in enumerate(totals, start=len(bars)):
+        for y, (_, seconds) in enumerate(totals, start=len(bars)):
             ax.barh(y, seconds, color="0.6")
             ax.text(seconds, y, f" {_s(seconds)} s", va="center", fontsize=8)
         labels = [b[0] for b in bars] + [t[0] for t in totals]
@@ -179,7 +179,8 @@ def plot_stages(results: dict, path: Path) -> None:
         ax.set_xlabel("seconds")
         ax.set_title(f"{PAIR_LABELS.get(name, name)}: {_rows(pair['rows_read'][0])} training / {_rows(pair['rows_read'][1])} validation rows", fontsize=10)
         ax.set_xlim(0, max(runs["course"]["total_s"], runs["cli_server"]["wall_s"]) * 1.25)
-    fig.legend(loc="lower center", fontsize=8, ncols=len(STAGES))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=8, ncols=len(STAGES))
     fig.suptitle(f"read -> registered model, {results['machine']['cores']} cores", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)

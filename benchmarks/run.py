@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -71,13 +72,13 @@ class Bench:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         return env
 
-    def child(self, kind: str, pair: Pair, *, full: bool, server: bool = False, rounds: bool = True) -> dict:
+    def child(self, kind: str, pair: Pair, *, full: bool, server: bool = False) -> dict:
         """One `benchmarks.child` process; `full` runs through MLflow registration."""
         work = self._workdir(f"{pair.name}-{kind}")
         cmd = [sys.executable, "-m", "benchmarks.child", kind, "--train", str(pair.train), "--val", str(pair.val), "--result", str(work / "result.json")]
         if full:
             cmd += ["--tracking-dir", str(work / "mlflow")]
-        if rounds and self.settings.num_boost_round is not None:
+        if self.settings.num_boost_round is not None:
             cmd += ["--num-boost-round", str(self.settings.num_boost_round)]
         return _record(run_measured(cmd, env=self._env(work, server=server), cwd=work, result_file=work / "result.json"))
 
@@ -295,7 +296,7 @@ def run(settings: Settings, out_dir: Path) -> dict:
         if not settings.quick:
             large_run = results["pairs"]["large"]["runs"]["taxiflow"]
             for rows, pair in zip(settings.scaling_train_rows, scaling_pairs):
-                record = large_run if rows == settings.large[0] else bench.measure("taxiflow", pair, lambda: bench.child("taxiflow", pair, full=True))
+                record = large_run if rows == settings.large[0] else bench.measure("taxiflow", pair, partial(bench.child, "taxiflow", pair, full=True))
                 results["scaling"].append({"train_rows_read": rows} | record)
     write_outputs(results, out_dir)
     return results
@@ -322,7 +323,7 @@ def write_outputs(results: dict, out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--quick", action="store_true", help=f"real pair only, {QUICK_ROUNDS} boosting rounds, one run each, no retries, no scaling, no temporary-server run"
+        "--quick", action="store_true", help=f"real pair only, {QUICK_ROUNDS} boosting round(s), one run each, no retries, no scaling, no temporary-server run"
     )
     parser.add_argument("--num-boost-round", type=int, help="override the course's 100 rounds (both pipelines)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement on the real pair; the fastest is kept")
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wait-quiet", type=float, default=300, help="seconds to wait, before each run, for a busy machine to fall quiet")
     parser.add_argument("--scaling-train-rows", default=",".join(map(str, SCALING_TRAIN_ROWS)), help="comma list of training-month sizes")
     parser.add_argument("--prefect-api", help="use this running Prefect server (…/api) instead of starting one")
-    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument("--out", type=Path, help=f"default {OUT_DIR.relative_to(REPO)} ({OUT_DIR.relative_to(REPO)}/quick with --quick, so a full run's results stay)")
     args = parser.parse_args(argv)
     settings = Settings(
         quick=args.quick,
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no `taxiflow` command in {VENV_BIN}: run with the project's .venv/bin/python")
     # SIGTERM unwinds like Ctrl-C, so the Prefect server and the running child are stopped too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    run(settings, args.out)
+    run(settings, args.out or (OUT_DIR / "quick" if args.quick else OUT_DIR))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ FEATURES = DEFAULT_FEATURES
 
 @dataclass(frozen=True)
 class Matrices:
-    """Both months prepared, and the matrices the model is fitted, stopped and scored on."""
+    """Both months prepared, and the matrices the model is fitted and early-stopped on."""
 
     files: tuple[TripFile, TripFile]
     train: PreparedTrips
