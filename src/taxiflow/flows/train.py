@@ -32,11 +32,11 @@ from taxiflow.core.report import render_training_report
 from taxiflow.core.schema import DROPOFF_AT, DURATION, PICKUP_AT, check_fields_available, layout_for
 from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, data_quality_rows, training_summary
 from taxiflow.core.training import DurationModel, LinearModel, XGBoostModel, XGBoostParams, fit_linear, fit_xgboost, predict_trips
-from taxiflow.io.tracking import TrackingStore, redact_uri
+from taxiflow.flows.worker_bond import exit_with_worker
 from taxiflow.io.month_cache import MonthCache, TripFile
 from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
+from taxiflow.io.tracking import TrackingStore, redact_uri
 from taxiflow.io.trip_files import get_month_file
-from taxiflow.flows.worker_bond import exit_with_worker
 from taxiflow.io.trip_tables import read_trip_table
 from taxiflow.settings import TaxiflowSettings, load_settings
 
