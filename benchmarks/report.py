@@ -133,7 +133,8 @@ def markdown(results: dict) -> str:
             f"## {PAIR_LABELS.get(name, name)}: green {Path(pair['train_file']).stem[-7:]} -> {Path(pair['val_file']).stem[-7:]}",
             "",
             f"Rows read {_rows(rows[0])} / {_rows(rows[1])}, kept (1..60 min) {_rows(facts['rows_train'])} / {_rows(facts['rows_val'])}, "
-            f"{facts['n_features']:,} one-hot features.",
+            f"{facts['n_features'] + facts.get('n_features_pruned', 0):,} one-hot features (DictVectorizer's), "
+            f"{facts['n_features']:,} of them splittable by XGBoost (min_child_weight) and kept by taxiflow.",
             "",
             *_stage_table(pair),
             "",

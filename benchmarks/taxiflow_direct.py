@@ -26,13 +26,15 @@ from taxiflow.core.months import Month
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
 from taxiflow.core.schema import DROPOFF_AT, DURATION, PICKUP_AT, layout_for
 from taxiflow.core.summary import MonthFacts, TrainingFacts
-from taxiflow.core.training import XGBoostParams, fit_xgboost, predict_trips
+from taxiflow.core.training import XGBoostParams, fit_xgboost, predict_trips, vocabulary_min_count
 from taxiflow.io.month_cache import TripFile
 from taxiflow.io.trip_files import local_month_file
 from taxiflow.io.trip_tables import read_trip_table
 
 TAXI = "green"
 FEATURES = DEFAULT_FEATURES
+# The flow's vocabulary threshold for XGBoost with the course's parameters (no user --min-count).
+MIN_COUNT = vocabulary_min_count("xgboost", XGBoostParams(), 1)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Matrices:
             "rows_val": self.val.rows_kept,
             "rows_fit": self.x_fit.X.shape[0],
             "n_features": self.vocabulary.size,
+            "n_features_pruned": self.vocabulary.pruned,
         }
 
 
@@ -73,7 +76,7 @@ def read_to_features(train_path: Path, val_path: Path, timer: StageTimer, *, col
         train, val = (prepare_trips(t, source=f.path, month=Month.parse(f.month)) for t, f in zip(tables, files))
         del tables  # the flow drops the decoded tables once prepared; so must the memory figure
     with timer.stage("features"):
-        vocabulary = fit_vocabulary(train.frame, FEATURES)
+        vocabulary = fit_vocabulary(train.frame, FEATURES, min_count=MIN_COUNT)
         fit_frames = (collapse_duplicate_rows(p.frame, FEATURES) if collapse else p.frame for p in (train, val))
         x_fit, x_stop = (build_feature_matrix(frame, vocabulary) for frame in fit_frames)
     return Matrices(files, train, val, vocabulary, x_fit, x_stop)
@@ -118,10 +121,11 @@ def run(
             train=month_facts[0],
             val=month_facts[1],
             n_features=m.vocabulary.size,
+            n_features_pruned=m.vocabulary.pruned,
             rmse=metrics.rmse,
             mae=metrics.mae,
             model_params=asdict(params),
-            options={"min_count": 1, "collapse_duplicates": collapse, "month_window_days": None},
+            options={"min_count": 1, "min_count_applied": MIN_COUNT, "collapse_duplicates": collapse, "month_window_days": None},
             best_iteration=model.best_iteration,
         )
         store = TrackingStore(f"sqlite:///{tracking_dir / 'mlflow.db'}", "nyc-taxi-experiment", local_artifact_root=tracking_dir / "mlartifacts")

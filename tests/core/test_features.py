@@ -67,6 +67,7 @@ def test_min_count_prunes_rare_categories(green_prepared):
     assert 1 < pruned.size < full.size
     counts = frame.group_by("pickup_zone", "dropoff_zone").len()
     assert pruned.size - 1 == counts.filter(counts["len"] >= 5).height
+    assert (full.pruned, pruned.pruned) == (0, counts.filter(counts["len"] < 5).height)
 
 
 def test_feature_lists_are_validated():

@@ -89,3 +89,28 @@ def test_scoring_distinct_inputs_equals_scoring_every_row(green_prepared):
     distinct, index = distinct_rows(val, vocabulary.features)
     assert distinct.height < val.height and index.shape == (val.height,)
     np.testing.assert_array_equal(predict_trips(model, val, vocabulary), model.predict(x_val.X))
+
+
+def test_categories_xgboost_cannot_split_on_are_left_out_without_changing_the_model(green_prepared):
+    """A category seen fewer than min_child_weight times can't be split on: dropping it is exact."""
+    from taxiflow.core.features import build_feature_matrix, collapse_duplicate_rows, fit_vocabulary
+    from taxiflow.core.training import fit_xgboost, predict_trips, vocabulary_min_count
+
+    params = XGBoostParams(num_boost_round=8)  # the course's depth and min_child_weight (1.06)
+    assert vocabulary_min_count("xgboost", params, 1) == 2
+    assert vocabulary_min_count("xgboost", params, 5) == 5
+    assert vocabulary_min_count("linear", params, 1) == 1, "least squares uses every column"
+    assert vocabulary_min_count("xgboost", XGBoostParams(min_child_weight=1.0), 1) == 1
+    assert vocabulary_min_count("xgboost", XGBoostParams(min_child_weight=3.5), 1) == 4
+
+    features = ("pu_do", "distance")
+    train, val = green_prepared("2023-01").frame, green_prepared("2023-02").frame
+    predictions = {}
+    for min_count in (1, vocabulary_min_count("xgboost", params, 1)):
+        vocabulary = fit_vocabulary(train, features, min_count=min_count)
+        x_train, x_val = (build_feature_matrix(collapse_duplicate_rows(f, features), vocabulary) for f in (train, val))
+        model = fit_xgboost(x_train.X, x_train.y, x_val.X, x_val.y, params, weight_train=x_train.weight, weight_val=x_val.weight)
+        predictions[min_count] = (vocabulary, predict_trips(model, val, vocabulary))
+    (full, full_pred), (pruned, pruned_pred) = predictions[1], predictions[2]
+    assert pruned.size + pruned.pruned == full.size and pruned.pruned > 0.3 * full.size
+    np.testing.assert_allclose(pruned_pred, full_pred, rtol=0, atol=1e-5)

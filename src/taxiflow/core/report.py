@@ -32,7 +32,9 @@ def render_training_report(facts: TrainingFacts, registered: RegisteredModel) ->
         "| | |",
         "|---|---|",
         f"| model | {facts.model} |",
-        f"| features | {', '.join(facts.features)} ({facts.n_features:,} columns) |",
+        f"| features | {', '.join(facts.features)} ({facts.n_features:,} columns"
+        + (f"; {facts.n_features_pruned:,} rarer categories left out" if facts.n_features_pruned else "")
+        + ") |",
     ]
     if facts.best_iteration is not None:
         lines.append(f"| best iteration | {facts.best_iteration} |")

@@ -24,9 +24,10 @@ class TrainingFacts:
     features: tuple[str, ...]
     train: MonthFacts
     val: MonthFacts
-    n_features: int
+    n_features: int  # columns of the model's one-hot vocabulary
     rmse: float
     mae: float
+    n_features_pruned: int = 0  # training categories left out as too rare (min_count); 0: DictVectorizer's vocabulary
     model_params: dict[str, object] = field(default_factory=dict)  # the estimator's hyperparameters
     options: dict[str, object] = field(default_factory=dict)  # pipeline choices (vocabulary pruning, row collapsing)
     intercept: float | None = None
@@ -44,6 +45,7 @@ class TrainingFacts:
             "train_sha256": self.train.sha256,
             "val_sha256": self.val.sha256,
             "n_features": self.n_features,
+            "n_features_pruned": self.n_features_pruned,
         }
         params.update({f"xgb_{k}": v for k, v in self.model_params.items()})
         params.update(self.options)
@@ -91,6 +93,7 @@ def training_summary(facts: TrainingFacts, registered: RegisteredModel, tracking
         "model": facts.model,
         "features": list(facts.features),
         "n_features": facts.n_features,
+        "n_features_pruned": facts.n_features_pruned,
         "dropped_train": facts.train.dropped,
         "dropped_val": facts.val.dropped,
         "tracking_uri": tracking_uri,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, Protocol
 
@@ -56,6 +57,18 @@ class XGBoostParams:
             if not ok:
                 raise InvalidArgumentError(message)
 
+    def min_splittable_count(self) -> int:
+        """Fewest training rows a one-hot category needs for any split to use it.
+
+        A split on a one-hot column puts the category's rows in one child, whose hessian is their
+        count (squared error: one per row, collapsed rows weigh their count); XGBoost refuses a child
+        below min_child_weight. A rarer category's column can never be used, so dropping it from the
+        vocabulary leaves the model unchanged and spares every tree node a scan of it.
+        """
+        if self.objective != "reg:squarederror":
+            return 1
+        return max(1, math.ceil(self.min_child_weight))
+
     def booster_params(self) -> dict[str, object]:
         params = asdict(self)
         params.pop("num_boost_round")
@@ -102,6 +115,14 @@ class XGBoostModel:
 
         # The whole booster, as the course evaluates it (xgboost keeps the rounds after the best one).
         return self.booster.predict(xgb.DMatrix(X))
+
+
+def vocabulary_min_count(model: str, params: XGBoostParams, requested: int) -> int:
+    """The one-hot pruning threshold a fit uses: the user's, raised to what XGBoost can split on.
+
+    Only for XGBoost: least squares gives every column a coefficient, so pruning would change it.
+    """
+    return max(requested, params.min_splittable_count()) if model == "xgboost" else requested
 
 
 def predict_trips(model: DurationModel, frame, vocabulary) -> np.ndarray:

@@ -31,7 +31,7 @@ from taxiflow.core.preparation import PreparedTrips, prepare_trips
 from taxiflow.core.report import render_training_report
 from taxiflow.core.schema import DROPOFF_AT, DURATION, PICKUP_AT, check_fields_available, layout_for
 from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, data_quality_rows, training_summary
-from taxiflow.core.training import DurationModel, LinearModel, XGBoostModel, XGBoostParams, fit_linear, fit_xgboost, predict_trips
+from taxiflow.core.training import DurationModel, LinearModel, XGBoostModel, XGBoostParams, fit_linear, fit_xgboost, predict_trips, vocabulary_min_count
 from taxiflow.flows.worker_bond import exit_with_worker
 from taxiflow.io.month_cache import MonthCache, TripFile
 from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
@@ -83,7 +83,9 @@ def prepare_month(trip_file: TripFile, features: tuple[str, ...], month_window_d
 @task(cache_policy=NO_CACHE)
 def fit_feature_vocabulary(train: PreparedTrips, features: tuple[str, ...], min_count: int) -> FeatureVocabulary:
     vocabulary = fit_vocabulary(train.frame, features, min_count=min_count)
-    get_run_logger().info("vocabulary: %d columns from %s", vocabulary.size, ",".join(features))
+    get_run_logger().info(
+        "vocabulary: %d columns from %s (%d categories seen fewer than %d times left out)", vocabulary.size, ",".join(features), vocabulary.pruned, min_count
+    )
     return vocabulary
 
 
@@ -189,7 +191,9 @@ def train(
     train_file, val_file = (f.result() for f in files)
     train_trips, val_trips = (p.result() for p in prepared_futures)
 
-    vocabulary = fit_feature_vocabulary(train_trips, feature_set, min_count)
+    # XGBoost can never split on a category rarer than min_child_weight: leaving it out is exact.
+    applied_min_count = vocabulary_min_count(model, params, min_count)
+    vocabulary = fit_feature_vocabulary(train_trips, feature_set, applied_min_count)
     # Fitting sees duplicate rows collapsed into weighted ones (exact for squared error, fewer rows);
     # the reported metrics cover every validation row.
     x_train = build_features.submit(train_trips, vocabulary, "train", collapse_duplicates)
@@ -203,10 +207,11 @@ def train(
         train=_month_facts(train_file, train_trips),
         val=_month_facts(val_file, val_trips),
         n_features=vocabulary.size,
+        n_features_pruned=vocabulary.pruned,
         rmse=metrics.rmse,
         mae=metrics.mae,
         model_params=asdict(params) if model == "xgboost" else {},
-        options={"min_count": min_count, "collapse_duplicates": collapse_duplicates, "month_window_days": month_window_days},
+        options={"min_count": min_count, "min_count_applied": applied_min_count, "collapse_duplicates": collapse_duplicates, "month_window_days": month_window_days},
         intercept=fitted.intercept if isinstance(fitted, LinearModel) else None,
         best_iteration=fitted.best_iteration if isinstance(fitted, XGBoostModel) else None,
     )
