@@ -48,7 +48,7 @@ def _in_month_window(ctx: CheckContext) -> pl.Expr | None:
     return (pl.col(PICKUP_AT) >= start) & (pl.col(PICKUP_AT) < end)
 
 
-_DURATION_EXPR = (pl.col(DROPOFF_AT) - pl.col(PICKUP_AT)).dt.total_microseconds() / 60_000_000
+DURATION_MINUTES = (pl.col(DROPOFF_AT) - pl.col(PICKUP_AT)).dt.total_microseconds() / 60_000_000
 
 ROW_CHECKS: tuple[RowCheck, ...] = (
     RowCheck("pickup_at_null", PICKUP_AT, "a pickup time", lambda ctx: pl.col(PICKUP_AT).is_not_null()),
@@ -63,7 +63,7 @@ ROW_CHECKS: tuple[RowCheck, ...] = (
     RowCheck("pickup_outside_month", PICKUP_AT, "pickup within the file's month (± window)", _in_month_window),
     RowCheck(
         "duration_out_of_range", DURATION, f"duration {MIN_DURATION_MIN:g}..{MAX_DURATION_MIN:g} min",
-        lambda ctx: _DURATION_EXPR.is_between(MIN_DURATION_MIN, MAX_DURATION_MIN),
+        lambda ctx: DURATION_MINUTES.is_between(MIN_DURATION_MIN, MAX_DURATION_MIN),
     ),
 )
 REASONS: tuple[str, ...] = tuple(c.reason for c in ROW_CHECKS)
