@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -279,6 +280,11 @@ def run(settings: Settings, out_dir: Path) -> dict:
     pairs = [real_pair()]
     if not settings.quick:
         _log("resampling the large pair and the scaling months (kept between runs)")
+        # In child processes: a child's peak RSS starts at its parent's, so this runner must never
+        # hold a resampled month itself (once the files exist, resampled_pair only links them).
+        for rows in {*settings.scaling_train_rows, settings.large[0]}:
+            cmd = [sys.executable, "-m", "benchmarks.make_data", "--train-rows", str(rows), "--val-rows", str(settings.large[1])]
+            subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         pairs.append(resampled_pair(*settings.large, name="large"))
         scaling_pairs = [resampled_pair(rows, settings.large[1]) for rows in settings.scaling_train_rows]
     with tempfile.TemporaryDirectory(prefix="taxiflow-bench-") as tmp, prefect_api(settings, Path(tmp)) as api:
