@@ -1,11 +1,14 @@
 """The vectorized one-hot must equal scikit-learn's DictVectorizer on real data."""
 
 import numpy as np
+import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from sklearn.feature_extraction import DictVectorizer
 
 from taxiflow.core.errors import InvalidArgumentError
-from taxiflow.core.features import build_feature_matrix, fit_vocabulary, parse_features, required_columns
+from taxiflow.core.features import WEIGHT, build_feature_matrix, collapse_duplicate_rows, fit_vocabulary, parse_features, required_columns
+from taxiflow.core.schema import DISTANCE, DROPOFF_ZONE, DURATION, PICKUP_ZONE
 
 
 def _course_dicts(frame, features):
@@ -78,3 +81,25 @@ def test_feature_lists_are_validated():
         parse_features("pu_do,zone")
     with pytest.raises(InvalidArgumentError, match="got nothing"):
         parse_features(" , ")
+
+
+@pytest.mark.parametrize("features", [("pu_do", "distance"), ("pu", "do"), ("distance",)])
+def test_collapsed_rows_are_the_distinct_inputs_with_their_mean_duration_and_count(green_prepared, features):
+    frame = green_prepared("2021-01").frame
+    keys = required_columns(features)
+    as_matrix_sees = [pl.col(DISTANCE).cast(pl.Float32)] if DISTANCE in keys else []  # the matrix holds float32
+    expected = frame.with_columns(as_matrix_sees).group_by(keys).agg(pl.col(DURATION).mean(), pl.len().cast(pl.Float32).alias(WEIGHT))
+    collapsed = collapse_duplicate_rows(frame, features)
+    assert collapsed.schema == frame.select(*keys, DURATION).with_columns(pl.lit(0.0, pl.Float32).alias(WEIGHT)).schema
+    assert_frame_equal(collapsed.with_columns(as_matrix_sees).sort(keys), expected.sort(keys), check_exact=False, rel_tol=1e-9)
+    assert collapsed[WEIGHT].sum() == frame.height
+
+
+def test_collapsing_rows_with_missing_inputs_groups_the_missing_together():
+    frame = pl.DataFrame(
+        {PICKUP_ZONE: [1, 1, None, None, 70000], DROPOFF_ZONE: [2, 2, 3, 3, 4], DISTANCE: [1.5, 1.5, 2.0, 2.0, 0.0], DURATION: [10.0, 20.0, 5.0, 7.0, 3.0]},
+        schema_overrides={PICKUP_ZONE: pl.Int32, DROPOFF_ZONE: pl.Int32},
+    )
+    collapsed = collapse_duplicate_rows(frame, ("pu_do", "distance")).sort(PICKUP_ZONE, nulls_last=True)
+    assert collapsed[PICKUP_ZONE].to_list() == [1, 70000, None]
+    assert collapsed[DURATION].to_list() == [15.0, 3.0, 6.0] and collapsed[WEIGHT].to_list() == [2.0, 1.0, 2.0]

@@ -158,6 +158,41 @@ def fit_vocabulary(frame: pl.DataFrame, features: tuple[str, ...], *, min_count:
 
 
 WEIGHT = "weight"
+_KEY_ZONE_BITS = 16  # a packed row key holds each zone ID in 16 bits and the distance's float32 in 32
+
+
+def _packed_row_key(frame: pl.DataFrame, keys: list[str]) -> pl.Series | None:
+    """One uint64 per row, equal exactly when the rows' feature inputs are; None if they don't fit.
+
+    Distances enter the matrix as float32, so their float32 bits are the right identity. Hashing
+    one integer instead of three columns' row encoding is faster and needs about a third less
+    memory. They don't fit with nulls, zone IDs outside 0..65535, or more than 64 bits of inputs.
+    """
+    zones = [k for k in keys if k != DISTANCE]
+    if frame.height == 0 or len(zones) * _KEY_ZONE_BITS + (32 if DISTANCE in keys else 0) > 64:
+        return None
+    if frame.select(pl.sum_horizontal(pl.col(keys).null_count())).item():
+        return None
+    if not all(0 <= frame[z].min() and frame[z].max() < 1 << _KEY_ZONE_BITS for z in zones):
+        return None
+    key = pl.lit(0, dtype=pl.UInt64)
+    for z in zones:
+        key = key * pl.lit(1 << _KEY_ZONE_BITS, dtype=pl.UInt64) + pl.col(z).cast(pl.UInt64)
+    if DISTANCE in keys:
+        bits = pl.Series(frame[DISTANCE].cast(pl.Float32).to_numpy().view(np.uint32))
+        key = key * pl.lit(1 << 32, dtype=pl.UInt64) + bits.cast(pl.UInt64)
+    return frame.select(key.alias("_key"))["_key"]
+
+
+def _unpack_row_key(key: np.ndarray, keys: list[str], schema: pl.Schema) -> list[pl.Series]:
+    columns = {}
+    if DISTANCE in keys:
+        columns[DISTANCE] = pl.Series(DISTANCE, (key & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32))
+        key = key >> np.uint64(32)
+    for z in reversed([k for k in keys if k != DISTANCE]):
+        columns[z] = pl.Series(z, key & np.uint64((1 << _KEY_ZONE_BITS) - 1))
+        key = key >> np.uint64(_KEY_ZONE_BITS)
+    return [columns[k].cast(schema[k]) for k in keys]
 
 
 def collapse_duplicate_rows(frame: pl.DataFrame, features: tuple[str, ...]) -> pl.DataFrame:
@@ -168,7 +203,12 @@ def collapse_duplicate_rows(frame: pl.DataFrame, features: tuple[str, ...]) -> p
     squares gets the same normal equations). Real months hold 1.2-1.7x duplicate rows.
     """
     keys = required_columns(features)
-    return frame.group_by(keys).agg(pl.col(DURATION).mean(), pl.len().cast(pl.Float32).alias(WEIGHT))
+    aggregations = (pl.col(DURATION).mean(), pl.len().cast(pl.Float32).alias(WEIGHT))
+    key = _packed_row_key(frame, keys)
+    if key is None:
+        return frame.group_by(keys).agg(*aggregations)
+    grouped = frame.select(DURATION).with_columns(key).group_by("_key").agg(*aggregations)
+    return grouped.with_columns(_unpack_row_key(grouped["_key"].to_numpy(), keys, frame.schema)).select(*keys, DURATION, WEIGHT)
 
 
 def distinct_rows(frame: pl.DataFrame, features: tuple[str, ...]) -> tuple[pl.DataFrame, np.ndarray]:
