@@ -110,7 +110,7 @@ def markdown(results: dict) -> str:
         f"{results['generated_at']}; {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB RAM; Python {m['python']}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + f". {s['num_boost_round']} boosting rounds (early stopping 20); real pair: fastest of {s['repeat_real_pair']} runs, "
-        "large pair: one run.",
+        f"large pair: one run, but taxiflow's direct and flow runs (the orchestration overhead): fastest of {s['repeat_real_pair']}.",
         "",
     ]
     disturbed = [

@@ -35,6 +35,7 @@ OUT_DIR = REPO / "benchmarks" / "out"
 LARGE = (3_400_000, 1_000_000)
 SCALING_TRAIN_ROWS = (3_400_000, 6_800_000, 13_600_000)
 QUICK_ROUNDS = 1
+ORCHESTRATION_PAIR = ("taxiflow", "flow_server")  # direct calls vs the Prefect flow: repeated everywhere
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,10 @@ class Bench:
         return _record(measured) | {"facts": facts}
 
     def measure(self, name: str, pair: Pair, run: Callable[[], dict]) -> dict:
-        """The fastest of `repeat` runs on the real pair (a second of noise matters there), one run otherwise.
+        """The fastest of `repeat` runs on the real pair (a second of noise matters there), one run otherwise,
+        except the direct and flow runs that the orchestration overhead is the difference of: XGBoost's time
+        on this machine varies by seconds between identical runs (16-21 s on the large pair), more than
+        the overhead itself, so those are repeated on every pair.
 
         The machine may be shared: with 2 cores, one core busy elsewhere makes XGBoost's two threads
         several times slower. A run during which other work kept more than `max_other_load` cores
@@ -114,7 +118,8 @@ class Bench:
             return run()
 
         records = []
-        for _ in range(self.settings.repeat if pair.name == "real" else 1):
+        repeat = self.settings.repeat if pair.name == "real" or name in ORCHESTRATION_PAIR else 1
+        for _ in range(repeat):
             _log(f"{pair.name}: {name}")
             record = quiet_run()
             for _ in range(self.settings.retries):
