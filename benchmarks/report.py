@@ -73,8 +73,8 @@ def _targets(pair: dict) -> list[tuple[str, str]]:
             + (f"(run-to-run spread {_s(spread)})" if spread is not None else "(one run)"),
         ),
         (
-            "`taxiflow train` fixed start-up (s): running server / none (temporary server)",
-            f"{_s(startup['with_server_s'])} / {_s(startup['no_server_s'])}" if startup else "not run",
+            "`taxiflow train` fixed start-up (s): running server / temporary server (first run: new PREFECT_HOME / later runs)",
+            f"{_s(startup['with_server_s'])} / {_s(startup['no_server_s'])} / {_s(startup['no_server_warm_s'])}" if startup else "not run",
         ),
         (
             "Peak RSS, whole run (MB): course / `taxiflow train` (server)",

@@ -84,16 +84,26 @@ class Bench:
             cmd += ["--num-boost-round", str(self.settings.num_boost_round)]
         return _record(run_measured(cmd, env=self._env(work, server=server), cwd=work, result_file=work / "result.json"))
 
-    def cli(self, pair: Pair, *, server: bool) -> dict:
-        """`taxiflow train --json` as a user runs it, with or without a running Prefect server."""
-        work = self._workdir(f"{pair.name}-cli-{'server' if server else 'no-server'}")
+    def cli(self, pair: Pair, *, server: bool, warm_home: bool = False) -> dict:
+        """`taxiflow train --json` as a user runs it, with or without a running Prefect server.
+
+        Without a server Prefect starts a temporary one on the database in PREFECT_HOME; a fresh
+        home (each run's own, by default) is migrated first. `warm_home`: a home shared by these
+        runs and migrated by one unmeasured run first, as a user's ~/.prefect is after a first run.
+        """
+        work = self._workdir(f"{pair.name}-cli-{'server' if server else 'no-server'}{'-warm' if warm_home else ''}")
         cmd = [
             str(VENV_BIN / "taxiflow"), "train", "--taxi", "green", "--train-month", tlc_month(pair.train),
             "--val-month", tlc_month(pair.val), "--data-dir", str(pair.directory), "--json",
         ]  # fmt: skip
         if self.settings.num_boost_round is not None:
             cmd += ["--num-boost-round", str(self.settings.num_boost_round)]
-        measured = run_measured(cmd, env=self._env(work, server=server), cwd=work)
+        env = self._env(work, server=server)
+        if warm_home:
+            env["PREFECT_HOME"] = str(self.scratch / "prefect-home-warm")
+            if not Path(env["PREFECT_HOME"]).exists():
+                subprocess.run(cmd, env=env, cwd=work, check=True, capture_output=True)
+        measured = run_measured(cmd, env=env, cwd=work)
         summary = json.loads(measured.stdout.strip().splitlines()[-1])
         facts = {k: summary[k] for k in ("rmse", "rows_train", "rows_val", "n_features", "model_version")}
         return _record(measured) | {"facts": facts}
@@ -170,6 +180,7 @@ def measure_pair(bench: Bench, pair: Pair, *, cli_without_server: bool) -> dict:
     ]
     if cli_without_server:
         plan.append(("cli_no_server", lambda: bench.cli(pair, server=False)))
+        plan.append(("cli_no_server_warm", lambda: bench.cli(pair, server=False, warm_home=True)))
     return {name: bench.measure(name, pair, run) for name, run in plan}
 
 
@@ -233,6 +244,8 @@ def derive(runs: dict[str, dict]) -> dict:
             "cli_no_server_s": runs["cli_no_server"]["wall_s"],
             "with_server_s": runs["cli_server"]["wall_s"] - flow["stages"]["flow"],
             "no_server_s": runs["cli_no_server"]["wall_s"] - flow["stages"]["flow"],
+            "cli_no_server_warm_s": runs["cli_no_server_warm"]["wall_s"],
+            "no_server_warm_s": runs["cli_no_server_warm"]["wall_s"] - flow["stages"]["flow"],
         }
         figures["rmse"]["cli_no_server"] = runs["cli_no_server"]["facts"]["rmse"]
     rmses = figures["rmse"].values()
