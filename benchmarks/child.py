@@ -65,7 +65,8 @@ def _flow(args: argparse.Namespace) -> Job:
                 num_boost_round=args.num_boost_round,
                 tlc_base_url="",
             )
-        return timer, {k: summary[k] for k in ("rmse", "rows_train", "rows_val", "n_features", "model_version")}
+        facts = {k: summary[k] for k in ("rmse", "rows_train", "rows_val", "n_features", "model_version")}
+        return timer, facts | {"fit_s": summary["seconds"]["fit"]}
 
     return job
 

@@ -73,6 +73,11 @@ def _targets(pair: dict) -> list[tuple[str, str]]:
             + (f"(run-to-run spread {_s(spread)})" if spread is not None else "(one run)"),
         ),
         (
+            "… the same, each less its own XGBoost fit (s): flow / direct: **what Prefect adds**",
+            f"{_s(orch['flow_without_fit_s'])} / {_s(orch['direct_without_fit_s'])}: **{orch['overhead_without_fit_s']:+.2f}** "
+            f"(**{orch['overhead_share']:.1%}** of the direct total)",
+        ),
+        (
             "`taxiflow train` fixed start-up (s): running server / temporary server (first run: new PREFECT_HOME / later runs)",
             f"{_s(startup['with_server_s'])} / {_s(startup['no_server_s'])} / {_s(startup['no_server_warm_s'])}" if startup else "not run",
         ),
@@ -110,7 +115,7 @@ def markdown(results: dict) -> str:
         f"{results['generated_at']}; {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB RAM; Python {m['python']}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + f". {s['num_boost_round']} boosting rounds (early stopping 20); real pair: fastest of {s['repeat_real_pair']} runs, "
-        f"large pair: one run, but taxiflow's direct and flow runs (the orchestration overhead): fastest of {s['repeat_real_pair']}.",
+        f"large pair: one run, but fastest of {s['repeat_real_pair']} for taxiflow direct and flow and for read -> features.",
         "",
     ]
     disturbed = [

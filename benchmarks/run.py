@@ -35,7 +35,9 @@ OUT_DIR = REPO / "benchmarks" / "out"
 LARGE = (3_400_000, 1_000_000)
 SCALING_TRAIN_ROWS = (3_400_000, 6_800_000, 13_600_000)
 QUICK_ROUNDS = 1
-ORCHESTRATION_PAIR = ("taxiflow", "flow_server")  # direct calls vs the Prefect flow: repeated everywhere
+# Repeated on every pair, not only the real one: the orchestration overhead is the difference of the
+# first two, and the read -> features ratios compare sub-second runs (the decode floor varies 3x).
+REPEATED_EVERYWHERE = ("taxiflow", "flow_server", "course_read_features", "taxiflow_read_features", "decode_floor")
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,13 @@ class Bench:
         measured = run_measured(cmd, env=env, cwd=work)
         summary = json.loads(measured.stdout.strip().splitlines()[-1])
         facts = {k: summary[k] for k in ("rmse", "rows_train", "rows_val", "n_features", "model_version")}
-        return _record(measured) | {"facts": facts}
+        return _record(measured) | {"facts": facts | {"flow_s": summary["seconds"]["flow"]}}
 
     def measure(self, name: str, pair: Pair, run: Callable[[], dict]) -> dict:
         """The fastest of `repeat` runs on the real pair (a second of noise matters there), one run otherwise,
-        except the direct and flow runs that the orchestration overhead is the difference of: XGBoost's time
-        on this machine varies by seconds between identical runs (16-21 s on the large pair), more than
-        the overhead itself, so those are repeated on every pair.
+        except REPEATED_EVERYWHERE: XGBoost's time on this machine varies by seconds between identical
+        runs (16-21 s on the large pair), more than the orchestration overhead itself, and a bare decode
+        of the large pair took 0.13 s in one run and 0.39 s in another.
 
         The machine may be shared: with 2 cores, one core busy elsewhere makes XGBoost's two threads
         several times slower. A run during which other work kept more than `max_other_load` cores
@@ -128,7 +130,7 @@ class Bench:
             return run()
 
         records = []
-        repeat = self.settings.repeat if pair.name == "real" or name in ORCHESTRATION_PAIR else 1
+        repeat = self.settings.repeat if pair.name == "real" or name in REPEATED_EVERYWHERE else 1
         for _ in range(repeat):
             _log(f"{pair.name}: {name}")
             record = quiet_run()
@@ -223,6 +225,12 @@ def derive(runs: dict[str, dict]) -> dict:
             "direct_s": taxiflow["total_s"],
             "flow_s": flow["stages"]["flow"],
             "overhead_s": flow["stages"]["flow"] - taxiflow["total_s"],
+            # The same, each side less its own XGBoost fit (direct: the train stage; flow: the fit
+            # task, timed by the flow): what Prefect adds, without XGBoost's run-to-run variance.
+            "direct_without_fit_s": taxiflow["total_s"] - taxiflow["stages"]["train"],
+            "flow_without_fit_s": flow["stages"]["flow"] - flow["facts"]["fit_s"],
+            "overhead_without_fit_s": (flow["stages"]["flow"] - flow["facts"]["fit_s"]) - (taxiflow["total_s"] - taxiflow["stages"]["train"]),
+            "overhead_share": ((flow["stages"]["flow"] - flow["facts"]["fit_s"]) - (taxiflow["total_s"] - taxiflow["stages"]["train"])) / taxiflow["total_s"],
             # What one more run of the same thing can differ by (XGBoost's timing varies run to run).
             "run_to_run_spread_s": max(max(r["wall_s_all"]) - min(r["wall_s_all"]) for r in (taxiflow, flow))
             if len(taxiflow["wall_s_all"]) > 1
@@ -242,10 +250,11 @@ def derive(runs: dict[str, dict]) -> dict:
             "flow_s": flow["stages"]["flow"],
             "cli_server_s": runs["cli_server"]["wall_s"],
             "cli_no_server_s": runs["cli_no_server"]["wall_s"],
-            "with_server_s": runs["cli_server"]["wall_s"] - flow["stages"]["flow"],
-            "no_server_s": runs["cli_no_server"]["wall_s"] - flow["stages"]["flow"],
+            # Each command's wall time less the time its own flow run reported.
+            "with_server_s": runs["cli_server"]["wall_s"] - runs["cli_server"]["facts"]["flow_s"],
+            "no_server_s": runs["cli_no_server"]["wall_s"] - runs["cli_no_server"]["facts"]["flow_s"],
             "cli_no_server_warm_s": runs["cli_no_server_warm"]["wall_s"],
-            "no_server_warm_s": runs["cli_no_server_warm"]["wall_s"] - flow["stages"]["flow"],
+            "no_server_warm_s": runs["cli_no_server_warm"]["wall_s"] - runs["cli_no_server_warm"]["facts"]["flow_s"],
         }
         figures["rmse"]["cli_no_server"] = runs["cli_no_server"]["facts"]["rmse"]
     rmses = figures["rmse"].values()

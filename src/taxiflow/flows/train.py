@@ -6,6 +6,7 @@ network steps, no input hashing for tasks that take big frames (Prefect would pi
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Literal
@@ -174,6 +175,7 @@ def train(
     s3_block: str | None = None,
 ) -> dict:
     """Train a trip-duration model on one month, validate on a later one, register it in MLflow."""
+    started = time.perf_counter()
     exit_with_worker()
     settings = load_settings()
     train_m, val_m = parse_month_pair(train_month, val_month)
@@ -198,7 +200,10 @@ def train(
     # the reported metrics cover every validation row.
     x_train = build_features.submit(train_trips, vocabulary, "train", collapse_duplicates)
     x_val = build_features.submit(val_trips, vocabulary, "val", collapse_duplicates)
-    fitted = fit_model(model, x_train.result(), x_val.result(), params)
+    x_train, x_val = x_train.result(), x_val.result()
+    fit_started = time.perf_counter()
+    fitted = fit_model(model, x_train, x_val, params)
+    fit_seconds = time.perf_counter() - fit_started
     metrics = evaluate_model(fitted, val_trips, vocabulary)
     facts = TrainingFacts(
         taxi=taxi,
@@ -218,4 +223,6 @@ def train(
     publish_data_quality(facts)
     registered = log_and_register(facts, fitted, vocabulary, model_name or settings.model_name, experiment_name or settings.experiment_name)
     publish_report(facts, registered)
-    return training_summary(facts, registered, redact_uri(settings.resolved_tracking_uri()))
+    summary = training_summary(facts, registered, redact_uri(settings.resolved_tracking_uri()))
+    # Where the time went (the fit task alone varies by seconds between identical runs).
+    return summary | {"seconds": {"flow": time.perf_counter() - started, "fit": fit_seconds}}
