@@ -13,11 +13,14 @@ from taxiflow.core.months import parse_month_pair, parse_month_range
 from taxiflow.core.schema import TAXI_TYPES, check_fields_available
 from taxiflow.core.training import MODEL_KINDS, XGBoostParams
 
-# Offline-friendly defaults: telemetry calls fail without internet and only add noise.
-_QUIET_ENV = {
+# Defaults a user's environment can override. Telemetry calls fail offline and only add noise.
+# Without a server Prefect starts a temporary one, and on a new PREFECT_HOME it first migrates a new
+# database: ~19 s on 2 cores, against Prefect's 20 s limit, so a first `taxiflow train` could fail.
+_DEFAULT_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 _XGB_OPTIONS = {
     "learning_rate": float,
@@ -258,7 +261,7 @@ def _describe(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in _QUIET_ENV.items():
+    for key, value in _DEFAULT_ENV.items():
         os.environ.setdefault(key, value)
     # Retry notices from the download sources go to stderr; Prefect's own logging stays as Prefect sets it.
     import logging
