@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import registered_versions
+from tests.support.course_pipeline import course_linear_regression
 from tests.support.servers import copy_month, file_server, mlflow_server, stage_tlc_tree
 
 COURSE_RMSE = {("2023-01", "2023-02"): 5.1916, ("2021-01", "2021-02"): 6.4798}
@@ -82,6 +83,27 @@ def test_2021_months_against_a_prefect_server_with_report(run_taxiflow, tlc_dir,
     report = artifacts[0]["data"]
     assert "```" not in report, "the report renders as a document, not a code block"
     assert summary["run_id"] in report and f"{summary['rmse']:.4f}" in report and "73,908" in report
+
+
+@pytest.mark.parametrize("collapse_flag", [[], ["--no-collapse-duplicates"]], ids=["default", "no-collapse"])
+@pytest.mark.parametrize(
+    "train_month, val_month, features",
+    [("2021-01", "2021-02", "pu_do,distance"), ("2023-01", "2023-02", "pu_do,distance"), ("2023-01", "2023-02", "pu,do")],
+)
+def test_linear_model_equals_the_course_linear_regression(run_taxiflow, tlc_dir, train_month, val_month, features, collapse_flag):
+    """Same RMSE and intercept as pandas + DictVectorizer + LinearRegression on the same files (issue 10)."""
+    result = run_taxiflow(
+        "train", "--model", "linear", "--features", features, "--train-month", train_month, "--val-month", val_month,
+        "--data-dir", str(tlc_dir), *collapse_flag, "--json",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = result.json()
+    course = course_linear_regression(
+        tlc_dir / f"green_tripdata_{train_month}.parquet", tlc_dir / f"green_tripdata_{val_month}.parquet", features.split(",")
+    )
+    assert summary["n_features"] == course.n_features
+    assert summary["rmse"] == pytest.approx(course.rmse, abs=1e-4)
+    assert summary["intercept"] == pytest.approx(course.intercept, abs=1e-4)
 
 
 def test_linear_model_and_homework_features_against_an_mlflow_server(run_taxiflow, tlc_dir, tmp_path):

@@ -71,11 +71,29 @@ def test_collapsed_weighted_rows_grow_the_same_model(green_prepared):
         regression_metrics(full_val.y, full.predict(full_val.X)).rmse, abs=1e-3
     )
 
-    linear_full = fit_linear(full_train.X, full_train.y)
-    linear_collapsed = fit_linear(small_train.X, small_train.y, small_train.weight)
-    assert regression_metrics(full_val.y, linear_collapsed.predict(full_val.X)).rmse == pytest.approx(
-        regression_metrics(full_val.y, linear_full.predict(full_val.X)).rmse, abs=0.01
-    )
+
+def test_linear_fits_see_every_row_in_float64(green_prepared):
+    """LSQR's early stop depends on the matrix's bits and rows: float32 or collapsed rows land elsewhere."""
+    from taxiflow.core.features import build_feature_matrix, collapse_duplicate_rows, fit_vocabulary
+    from taxiflow.core.training import FEATURE_DTYPE, fits_collapsed_rows
+
+    assert fits_collapsed_rows("xgboost", True) and not fits_collapsed_rows("linear", True)
+    assert not fits_collapsed_rows("xgboost", False)
+    assert FEATURE_DTYPE == {"xgboost": np.float32, "linear": np.float64}
+
+    features = ("pu_do", "distance")
+    train = green_prepared("2021-01").frame
+    vocabulary = fit_vocabulary(train, features)
+    full = build_feature_matrix(train, vocabulary, np.float64)
+    # Distances enter as the file's float64 values, as DictVectorizer stores them.
+    distance_column = full.X[:, vocabulary.feature_names.index("trip_distance")].toarray().ravel()
+    np.testing.assert_array_equal(distance_column, train["distance"].to_numpy())
+    with pytest.raises(ValueError, match="needs a float64 matrix, got float32"):
+        fit_linear(build_feature_matrix(train, vocabulary).X, full.y)
+    # Why: the collapsed fit's iterate differs from the all-rows fit (they agree only in exact arithmetic).
+    collapsed = build_feature_matrix(collapse_duplicate_rows(train, features), vocabulary, np.float64)
+    every_row, weighted = fit_linear(full.X, full.y), fit_linear(collapsed.X, collapsed.y, collapsed.weight)
+    assert every_row.intercept != weighted.intercept
 
 
 def test_scoring_distinct_inputs_equals_scoring_every_row(green_prepared):

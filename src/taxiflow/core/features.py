@@ -164,7 +164,8 @@ _KEY_ZONE_BITS = 16  # a packed row key holds each zone ID in 16 bits and the di
 def _packed_row_key(frame: pl.DataFrame, keys: list[str]) -> pl.Series | None:
     """One uint64 per row, equal exactly when the rows' feature inputs are; None if they don't fit.
 
-    Distances enter the matrix as float32, so their float32 bits are the right identity. Hashing
+    Only XGBoost fits collapse rows, and XGBoost sees distances as float32, so their float32 bits
+    are the right identity. Hashing
     one integer instead of three columns' row encoding is faster and needs about a third less
     memory. They don't fit with nulls, zone IDs outside 0..65535, or more than 64 bits of inputs.
     """
@@ -199,8 +200,9 @@ def collapse_duplicate_rows(frame: pl.DataFrame, features: tuple[str, ...]) -> p
     """One row per distinct feature input, labelled with the mean duration and weighted by its count.
 
     For squared error this is exact: a group's summed gradient w * (p - mean) equals the sum of its
-    rows' gradients, and its hessian is w, so XGBoost grows the same trees from fewer rows (least
-    squares gets the same normal equations). Real months hold 1.2-1.7x duplicate rows.
+    rows' gradients, and its hessian is w, so XGBoost grows the same trees from fewer rows. Real
+    months hold 1.2-1.7x duplicate rows. (Least squares has the same normal equations, but see
+    `training.fits_collapsed_rows` for why linear fits don't use this.)
     """
     keys = required_columns(features)
     aggregations = (pl.col(DURATION).mean(), pl.len().cast(pl.Float32).alias(WEIGHT))
@@ -230,8 +232,12 @@ class FeatureMatrix:
     weight: np.ndarray | None = None
 
 
-def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary) -> FeatureMatrix:
-    """Rows -> CSR matrix (float32) in the vocabulary's columns; target from `duration_min` if present."""
+def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary, dtype: type[np.floating] = np.float32) -> FeatureMatrix:
+    """Rows -> CSR matrix in the vocabulary's columns; target from `duration_min` if present.
+
+    float32 is what XGBoost computes in; a linear fit needs float64 (see `training.FEATURE_DTYPE`).
+    """
+    value_type = pl.Float64 if np.dtype(dtype) == np.float64 else pl.Float32
     n = frame.height
     name_index = {name: i for i, name in enumerate(vocabulary.feature_names)}
     col_blocks: list[np.ndarray] = []
@@ -245,11 +251,11 @@ def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary) -> 
                     valid &= z.is_not_null().to_numpy()
             zones = [z.fill_null(-1).to_numpy() for z in series]
             col_blocks.append(vocabulary.column_of(feature, zones, valid))
-            val_blocks.append(np.ones(n, dtype=np.float32))
+            val_blocks.append(np.ones(n, dtype=dtype))
         else:
             # Stored explicitly, zeros included (XGBoost treats a stored 0 as a value, an absent one as missing).
             col_blocks.append(np.full(n, name_index[_NUMERIC_NAME[feature]], dtype=np.int32))
-            val_blocks.append(frame[_NUMERIC_COLUMN[feature]].cast(pl.Float32).fill_null(np.nan).to_numpy())
+            val_blocks.append(frame[_NUMERIC_COLUMN[feature]].cast(value_type).fill_null(np.nan).to_numpy())
     cols = np.column_stack(col_blocks)
     vals = np.column_stack(val_blocks)
     present = cols >= 0

@@ -78,8 +78,30 @@ class XGBoostParams:
         return params
 
 
+# The precision each model is fitted and scored in. XGBoost computes in float32 whatever it is given.
+# scikit-learn's sparse LinearRegression is LSQR stopped at a tolerance (1e-6) on a rank-deficient
+# system (a row's one-hot columns sum to the intercept's): its answer is an iterate, not the optimum,
+# and which iterate depends on the bits of the matrix. Given float32 it stops elsewhere (2021-01 ->
+# 02: RMSE 8.08 instead of the course's 7.76), so linear fits get float64, as DictVectorizer builds.
+FEATURE_DTYPE: dict[str, type[np.floating]] = {"xgboost": np.float32, "linear": np.float64}
+
+
+def fits_collapsed_rows(model: str, requested: bool) -> bool:
+    """Whether a fit sees duplicate rows collapsed into weighted ones.
+
+    Exact for XGBoost (same gradients and hessians per split). Not for linear fits: in exact
+    arithmetic the weighted rows give the same least-squares solution, but LSQR's early stop
+    depends on the rows it iterates over (green 2023-01: RMSE off by 3e-4 from the course's fit on
+    every row), so a linear model always fits every row, as the course does.
+    """
+    return requested and model == "xgboost"
+
+
 class DurationModel(Protocol):
     kind: str
+
+    @property
+    def feature_dtype(self) -> type[np.floating]: ...
 
     def predict(self, X: sp.csr_matrix) -> np.ndarray: ...
 
@@ -91,6 +113,10 @@ class LinearModel:
     coef: np.ndarray
     intercept: float
     kind: str = "linear"
+
+    @property
+    def feature_dtype(self) -> type[np.floating]:
+        return FEATURE_DTYPE[self.kind]
 
     def predict(self, X: sp.csr_matrix) -> np.ndarray:
         return X @ self.coef + self.intercept
@@ -109,6 +135,10 @@ class XGBoostModel:
     booster: object  # xgboost.Booster
     best_iteration: int | None
     kind: str = "xgboost"
+
+    @property
+    def feature_dtype(self) -> type[np.floating]:
+        return FEATURE_DTYPE[self.kind]
 
     def predict(self, X: sp.csr_matrix) -> np.ndarray:
         import xgboost as xgb
@@ -130,11 +160,15 @@ def predict_trips(model: DurationModel, frame, vocabulary) -> np.ndarray:
     from taxiflow.core.features import build_feature_matrix, distinct_rows
 
     distinct, index = distinct_rows(frame, vocabulary.features)
-    return model.predict(build_feature_matrix(distinct, vocabulary).X)[index]
+    return model.predict(build_feature_matrix(distinct, vocabulary, model.feature_dtype).X)[index]
 
 
 def fit_linear(X: sp.csr_matrix, y: np.ndarray, weight: np.ndarray | None = None) -> LinearModel:
+    """scikit-learn's LinearRegression, as the course fits it; X must be float64 (see FEATURE_DTYPE)."""
     from sklearn.linear_model import LinearRegression
+
+    if X.dtype != np.float64:
+        raise ValueError(f"fit_linear needs a float64 matrix, got {X.dtype}: LSQR stops elsewhere in float32")
 
     lr = LinearRegression().fit(X, y, sample_weight=weight)
     return LinearModel(coef=np.asarray(lr.coef_, dtype=np.float64), intercept=float(lr.intercept_))

@@ -32,7 +32,18 @@ from taxiflow.core.preparation import PreparedTrips, prepare_trips
 from taxiflow.core.report import render_training_report
 from taxiflow.core.schema import DROPOFF_AT, DURATION, PICKUP_AT, check_fields_available, layout_for
 from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, data_quality_rows, training_summary
-from taxiflow.core.training import DurationModel, LinearModel, XGBoostModel, XGBoostParams, fit_linear, fit_xgboost, predict_trips, vocabulary_min_count
+from taxiflow.core.training import (
+    FEATURE_DTYPE,
+    DurationModel,
+    LinearModel,
+    XGBoostModel,
+    XGBoostParams,
+    fit_linear,
+    fit_xgboost,
+    fits_collapsed_rows,
+    predict_trips,
+    vocabulary_min_count,
+)
 from taxiflow.flows.worker_bond import exit_with_worker
 from taxiflow.io.month_cache import MonthCache, TripFile
 from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
@@ -91,9 +102,9 @@ def fit_feature_vocabulary(train: PreparedTrips, features: tuple[str, ...], min_
 
 
 @task(task_run_name="build-features-{name}", cache_policy=NO_CACHE)
-def build_features(prepared: PreparedTrips, vocabulary: FeatureVocabulary, name: str, collapse: bool) -> FeatureMatrix:
+def build_features(prepared: PreparedTrips, vocabulary: FeatureVocabulary, name: str, collapse: bool, model: str) -> FeatureMatrix:
     frame = collapse_duplicate_rows(prepared.frame, vocabulary.features) if collapse else prepared.frame
-    features = build_feature_matrix(frame, vocabulary)
+    features = build_feature_matrix(frame, vocabulary, FEATURE_DTYPE[model])
     if collapse:
         get_run_logger().info("%s: %d rows collapsed to %d distinct weighted rows", name, prepared.rows_kept, frame.height)
     return features
@@ -198,8 +209,9 @@ def train(
     vocabulary = fit_feature_vocabulary(train_trips, feature_set, applied_min_count)
     # Fitting sees duplicate rows collapsed into weighted ones (exact for squared error, fewer rows);
     # the reported metrics cover every validation row.
-    x_train = build_features.submit(train_trips, vocabulary, "train", collapse_duplicates)
-    x_val = build_features.submit(val_trips, vocabulary, "val", collapse_duplicates)
+    collapse = fits_collapsed_rows(model, collapse_duplicates)
+    x_train = build_features.submit(train_trips, vocabulary, "train", collapse, model)
+    x_val = build_features.submit(val_trips, vocabulary, "val", collapse, model)
     x_train, x_val = x_train.result(), x_val.result()
     fit_started = time.perf_counter()
     fitted = fit_model(model, x_train, x_val, params)
@@ -216,7 +228,7 @@ def train(
         rmse=metrics.rmse,
         mae=metrics.mae,
         model_params=asdict(params) if model == "xgboost" else {},
-        options={"min_count": min_count, "min_count_applied": applied_min_count, "collapse_duplicates": collapse_duplicates, "month_window_days": month_window_days},
+        options={"min_count": min_count, "min_count_applied": applied_min_count, "collapse_duplicates": collapse_duplicates, "collapse_applied": collapse, "month_window_days": month_window_days},
         intercept=fitted.intercept if isinstance(fitted, LinearModel) else None,
         best_iteration=fitted.best_iteration if isinstance(fitted, XGBoostModel) else None,
     )

@@ -35,7 +35,7 @@ class TripDurationModel(mlflow.pyfunc.PythonModel):
         self.model, self.vocabulary = load_model_bundle(Path(context.artifacts["bundle"]))
 
     def predict(self, context, model_input, params=None):
-        features = build_feature_matrix(trips_from_records(model_input), self.vocabulary)
+        features = build_feature_matrix(trips_from_records(model_input), self.vocabulary, self.model.feature_dtype)
         return self.model.predict(features.X)
 
 
