@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.platform.test_stack import Stack
-from tests.support.servers import free_port
+from tests.support.servers import free_port, still_running
 
 pytestmark = pytest.mark.servers
 
@@ -26,6 +26,7 @@ def test_postgres_backs_prefect_and_mlflow_and_artifacts_land_in_the_bucket(tmp_
     stack = Stack(tmp_path, tlc_dir)
     port = str(free_port())
     stack.env["TAXIFLOW_STACK_POSTGRES_PORT"] = port
+    tree = set()
     try:
         up = stack.run("stack", "up", "--db", "postgres", "--artifacts", "s3", timeout=600)
         assert up.returncode == 0, up.stdout + up.stderr
@@ -48,7 +49,12 @@ def test_postgres_backs_prefect_and_mlflow_and_artifacts_land_in_the_bucket(tmp_
         assert not (tmp_path / "state" / "stack" / "mlartifacts").exists()
         switch = stack.run("stack", "up", "--db", "sqlite")
         assert switch.returncode == 1 and "the stack is running with --db postgres" in switch.stderr
+        tree = stack.processes()
+        # PostgreSQL's backends and auxiliary processes each have a session of their own: only descent makes them the stack's.
+        assert any("postgres: checkpointer" in p.cmdline for p in tree), sorted(p.cmdline[:80] for p in tree)
     finally:
         down = stack.run("stack", "down")
     assert down.returncode == 0 and "postgres stopped" in " ".join(down.stdout.split())
     assert subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", port, "-q"]).returncode != 0
+    left = still_running(tree)
+    assert not left, "still running after `down`:\n" + "\n".join(f"{p.pid} {p.cmdline[:150]}" for p in sorted(left, key=lambda p: p.pid))

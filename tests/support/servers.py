@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import http.server
 import os
@@ -186,6 +187,68 @@ def faulty_file_server(directory: Path, plan: FaultPlan):
     return file_server(directory, handler=_faulty_handler(plan))
 
 
+class Trickle:
+    """How a trickling file server paces bodies, and what it saw.
+
+    Each body goes out in `chunk_bytes` pieces `delay_s` apart; after the first piece the server
+    waits for `release` (up to `hold_s`), so a test decides how long downloads stay in flight.
+    GETs are counted per file name in `hits`; `wait_for_requests` awaits them.
+    """
+
+    def __init__(self, chunk_bytes: int = 64 * 1024, delay_s: float = 0.01, hold_s: float = 60.0) -> None:
+        self.chunk_bytes = chunk_bytes
+        self.delay_s = delay_s
+        self.hold_s = hold_s
+        self.release = threading.Event()
+        self.hits: dict[str, int] = {}
+        self._seen = threading.Condition()
+
+    def count(self, name: str) -> None:
+        with self._seen:
+            self.hits[name] = self.hits.get(name, 0) + 1
+            self._seen.notify_all()
+
+    def wait_for_requests(self, names: list[str], timeout_s: float) -> bool:
+        """True once every one of `names` has been requested at least once."""
+        with self._seen:
+            return self._seen.wait_for(lambda: all(n in self.hits for n in names), timeout=timeout_s)
+
+
+def _trickle_handler(trickle: Trickle):
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            trickle.count(self.path.rsplit("/", 1)[-1])
+            path = Path(self.translate_path(self.path))
+            if not path.is_file():
+                self.send_error(404)
+                return
+            body = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", f'"{len(body):x}-{path.stat().st_mtime_ns:x}"')
+            self.end_headers()
+            step = trickle.chunk_bytes
+            try:
+                self.wfile.write(body[:step])
+                self.wfile.flush()
+                trickle.release.wait(trickle.hold_s)
+                for start in range(step, len(body), step):
+                    time.sleep(trickle.delay_s)  # pacing, so the download stays in flight for a while
+                    self.wfile.write(body[start : start + step])
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client went away (a failing test killed it)
+
+    return Handler
+
+
+def trickle_file_server(directory: Path, trickle: Trickle):
+    """Like `file_server`, streaming bodies slowly as `trickle` says and counting requests."""
+    return file_server(directory, handler=_trickle_handler(trickle))
+
+
 @contextlib.contextmanager
 def s3_server(root: Path) -> Iterator[str]:
     """moto's S3-protocol server (in memory: create buckets after each start)."""
@@ -194,3 +257,83 @@ def s3_server(root: Path) -> Iterator[str]:
     cmd = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     with running_process(cmd, f"http://127.0.0.1:{port}/moto-api/", root / "moto.log", base_env()):
         yield f"http://127.0.0.1:{port}"
+
+
+def wait_for(condition, *, timeout_s: float, what: str, interval_s: float = 0.5):
+    """Poll `condition` until it returns something truthy (returned), or fail after `timeout_s` saying `what`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Proc:
+    """One process as /proc shows it; (pid, start) names it even if its PID is later reused."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    start: int  # clock ticks after boot (stat field 22)
+    state: str
+    cmdline: str
+
+
+def read_proc(pid: int) -> Proc | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:  # gone (or going) between listing and reading
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces and parentheses
+    return Proc(pid, int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]), fields[0], cmdline)
+
+
+def all_processes() -> dict[int, Proc]:
+    procs = (read_proc(int(entry)) for entry in os.listdir("/proc") if entry.isdigit())
+    return {p.pid: p for p in procs if p is not None}
+
+
+def process_tree(roots: set[int], groups: set[int]) -> set[Proc]:
+    """Live processes in any of `groups` (session or process-group ids), plus every descendant of them and of `roots`."""
+    procs = all_processes()
+    found = {p.pid for p in procs.values() if p.sid in groups or p.pgid in groups} | (roots & procs.keys())
+    children: dict[int, list[int]] = {}
+    for p in procs.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return {procs[pid] for pid in found}
+
+
+def still_running(procs: set[Proc]) -> set[Proc]:
+    """Those of `procs` still running: same PID *and* start time (a reused PID is someone else), not a zombie."""
+    alive = set()
+    for p in procs:
+        now = read_proc(p.pid)
+        if now is not None and now.start == p.start and now.state != "Z":
+            alive.add(now)
+    return alive
+
+
+def processes_with_env(name: str, value: str) -> set[Proc]:
+    """Live processes whose environment holds `name=value` (e.g. a flow run's PREFECT__FLOW_RUN_ID)."""
+    wanted = f"{name}={value}".encode()
+    found = set()
+    for pid, proc in all_processes().items():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in environ and proc.state != "Z":
+            found.add(proc)
+    return found

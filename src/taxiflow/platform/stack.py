@@ -1,7 +1,9 @@
 """`taxiflow stack up | status | down`: the whole local platform, idempotently, on 127.0.0.1.
 
-State (PIDs, ports, URLs) lives in `<state_dir>/stack/stack.json`; logs beside it. `up` starts only
-what isn't already healthy; `down` stops exactly the processes recorded there, worker first.
+State (PIDs with their session, process group and start time; ports; URLs) lives in
+`<state_dir>/stack/stack.json`; logs beside it. `up` starts only what isn't already healthy; `down`
+stops the process tree of each service recorded there - flow runs and servers' children included -
+worker first, so runs stop while the servers they report to are still up.
 """
 
 from __future__ import annotations
