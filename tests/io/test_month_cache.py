@@ -1,6 +1,10 @@
 """Sources and the month cache against a real local HTTP server that injects network faults."""
 
+import hashlib
+import json
+import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +118,113 @@ def test_a_cached_file_that_no_longer_matches_its_record_is_fetched_again(tlc_di
         second = _get(base_url, cache)
     assert plan.hits[NAME] == 2
     assert file_sha256(second.path) == first.sha256
+
+
+def _flip_middle_bytes(path: Path, n: int = 64) -> None:
+    """Overwrite `n` bytes in the middle of `path` with their complement, keeping its size."""
+    with open(path, "r+b") as fh:
+        middle = os.fstat(fh.fileno()).st_size // 2
+        fh.seek(middle)
+        flipped = bytes(b ^ 0xFF for b in fh.read(n))
+        fh.seek(middle)
+        fh.write(flipped)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("restore_mtime", [False, True], ids=["mtime-changed", "mtime-restored"])
+def test_a_same_size_corruption_is_not_served_but_fetched_again(tlc_dir, tmp_path, caplog, restore_mtime):
+    original = _sha256(tlc_dir / NAME)
+    cache = MonthCache(tmp_path / "cache")
+    plan = FaultPlan()
+    with faulty_file_server(stage_tlc_tree(tlc_dir, tmp_path / "site"), plan) as base_url:
+        first = _get(base_url, cache)
+        before = os.stat(first.path)
+        _flip_middle_bytes(Path(first.path))
+        if restore_mtime:
+            # Only the inode's change time (which no user call can set back) still tells.
+            os.utime(first.path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        after = os.stat(first.path)
+        assert (after.st_size, after.st_ino) == (before.st_size, before.st_ino) and _sha256(first.path) != original
+        if restore_mtime:
+            assert after.st_mtime_ns == before.st_mtime_ns and after.st_ctime_ns != before.st_ctime_ns
+        second = _get(base_url, cache)
+    assert plan.hits == {NAME: 2}, "the corrupted copy must not be served: the month is downloaded again"
+    assert second.sha256 == original and _sha256(second.path) == original
+    assert f"{first.path}: sha256" in caplog.text
+
+
+def _record(path) -> dict:
+    return json.loads(Path(f"{path}.json").read_text())
+
+
+def test_a_damaged_footer_is_caught_even_when_the_stat_stamp_still_matches(tlc_dir, tmp_path, caplog):
+    cache = MonthCache(tmp_path / "cache")
+    plan = FaultPlan()
+    with faulty_file_server(stage_tlc_tree(tlc_dir, tmp_path / "site"), plan) as base_url:
+        first = _get(base_url, cache)
+        path = Path(first.path)
+        with open(path, "r+b") as fh:
+            fh.seek(-4, os.SEEK_END)
+            fh.write(b"JUNK")  # the trailing "PAR1" magic
+        # Damage below the filesystem (bad media) leaves size, times and inode alone: simulated by
+        # stamping the record with the damaged file's stat.
+        st = os.stat(path)
+        record = _record(path) | {"stat": {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}}
+        Path(f"{path}.json").write_text(json.dumps(record))
+        second = _get(base_url, cache)
+    assert plan.hits == {NAME: 2}
+    assert _sha256(second.path) == _sha256(tlc_dir / NAME)
+    assert f"cached {path}: parquet footer unreadable" in caplog.text
+
+
+def test_a_record_from_before_stat_stamps_is_verified_by_digest_then_stamped(tlc_dir, tmp_path):
+    cache = MonthCache(tmp_path / "cache")
+    plan = FaultPlan()
+    with faulty_file_server(stage_tlc_tree(tlc_dir, tmp_path / "site"), plan) as base_url:
+        first = _get(base_url, cache)
+    legacy = {k: v for k, v in _record(first.path).items() if k != "stat"}
+    Path(f"{first.path}.json").write_text(json.dumps(legacy))
+    # The server is gone: the old record must still be honoured.
+    again = _get(base_url, cache)
+    assert again == first and plan.hits == {NAME: 1}
+    st = os.stat(first.path)
+    assert _record(first.path) == legacy | {"stat": {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}}
+
+
+def test_a_record_from_before_stat_stamps_does_not_vouch_for_a_same_size_corruption(tlc_dir, tmp_path, caplog):
+    cache = MonthCache(tmp_path / "cache")
+    plan = FaultPlan()
+    with faulty_file_server(stage_tlc_tree(tlc_dir, tmp_path / "site"), plan) as base_url:
+        first = _get(base_url, cache)
+        Path(f"{first.path}.json").write_text(json.dumps({k: v for k, v in _record(first.path).items() if k != "stat"}))
+        _flip_middle_bytes(Path(first.path))
+        second = _get(base_url, cache)
+    assert plan.hits == {NAME: 2}
+    assert _sha256(second.path) == _sha256(tlc_dir / NAME) == second.sha256
+    assert f"cached {first.path}: sha256" in caplog.text
+
+
+def test_a_corrupted_copy_is_not_served_when_its_source_is_unreachable(tlc_dir, tmp_path, caplog):
+    cache = MonthCache(tmp_path / "cache")
+    with faulty_file_server(stage_tlc_tree(tlc_dir, tmp_path / "site"), FaultPlan()) as base_url:
+        first = _get(base_url, cache)
+    _flip_middle_bytes(Path(first.path))
+    with pytest.raises(DownloadError, match=r"green 2023-01: giving up after 2 attempts: http://127\.0\.0\.1:\d+/trip-data/green_tripdata_2023-01\.parquet: ConnectError"):
+        _get(base_url, cache, policy=RetryPolicy(retries=1, backoff_s=0.01))
+    assert f"cached {first.path}: sha256" in caplog.text and "not using it (removed)" in caplog.text
+    assert _cache_files(cache) == [], "a copy that failed verification must not stay to be trusted later"
+
+
+def test_listing_leaves_out_a_corrupted_month(tlc_dir, tmp_path, caplog):
+    cache = MonthCache(tmp_path / "cache")
+    with faulty_file_server(stage_tlc_tree(tlc_dir, tmp_path / "site"), FaultPlan()) as base_url:
+        kept = _get(base_url, cache, month="2023-01")
+        damaged = _get(base_url, cache, month="2023-02")
+    before = os.stat(damaged.path)
+    _flip_middle_bytes(Path(damaged.path))
+    os.utime(damaged.path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert cache.entries() == [kept]
+    assert f"cached {damaged.path}: sha256" in caplog.text
