@@ -129,5 +129,9 @@ def run(
             best_iteration=model.best_iteration,
         )
         store = TrackingStore(f"sqlite:///{tracking_dir / 'mlflow.db'}", "nyc-taxi-experiment", local_artifact_root=tracking_dir / "mlartifacts")
-        registered = store.log_and_register(training, model, m.vocabulary, model_name="nyc-taxi-duration", run_name="benchmark")
+        store.preflight("nyc-taxi-duration")
+        logged = store.log_run(training, model, m.vocabulary, run_name="benchmark")
+        registered = store.register(training, *logged, "nyc-taxi-duration")
+        store.commit(registered)
+        store.finish(registered.run_id)
     return timer, m.facts() | {"rmse": metrics.rmse, "model_version": registered.model_version}

@@ -67,7 +67,8 @@ def registered_versions(state_dir: Path, model_name: str = "nyc-taxi-duration") 
     from mlflow.tracking import MlflowClient
 
     db = state_dir / "mlflow.db"
-    if not db.exists():
-        return []
+    if not db.is_file():
+        # An absent store would read as "no versions" and let any "registers nothing" check pass.
+        raise AssertionError(f"no MLflow store at {db}: the run never reached its tracking store")
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     return [str(mv.version) for mv in client.search_model_versions(f"name='{model_name}'")]

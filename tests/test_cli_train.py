@@ -74,7 +74,7 @@ def test_2021_months_against_a_prefect_server_with_report(run_taxiflow, tlc_dir,
     assert flow_run["parameters"]["train_month"] == "2021-01"
     task_runs = httpx.post(f"{prefect_api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
     names = [t["name"] for t in task_runs]
-    for stage in ("get-green-2021-01", "prepare-2021-02", "build-features", "fit_model", "evaluate_model", "log_and_register", "publish_report"):
+    for stage in ("check_tracking_store", "get-green-2021-01", "prepare-2021-02", "build-features", "fit_model", "evaluate_model", "log_model_run", "register_model_version", "evaluate_gate", "publish_evaluation_report", "publish_report", "commit_with_decision"):
         assert any(n.startswith(stage) for n in names), (stage, names)
     artifacts = httpx.post(
         f"{prefect_api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": ["duration-model-report"]}}}
@@ -177,7 +177,7 @@ def test_bad_arguments_fail_before_any_work(run_taxiflow, state_dir, case, args,
     result = run_taxiflow("train", *args)
     assert result.returncode == exit_code
     assert re.search(message, result.stderr), result.stderr[-2000:]
-    assert registered_versions(state_dir) == []
+    assert not state_dir.exists(), "refused before touching any state: no tracking store, no cache"
 
 
 def test_unpublished_month(run_taxiflow, tlc_dir, tmp_path, state_dir):
@@ -217,4 +217,4 @@ def test_feature_a_trip_type_lacks(run_taxiflow, tlc_dir, tmp_path, state_dir):
     result = run_taxiflow("train", "--taxi", "fhv", "--train-month", "2023-01", "--val-month", "2023-02", "--data-dir", str(data_dir))
     assert result.returncode == 2, "refused up front, before any data is read"
     assert "taxiflow: error: --features: fhv trips have no distance column" in result.stderr
-    assert registered_versions(state_dir) == []
+    assert not state_dir.exists(), "refused before touching any state: no tracking store, no cache"

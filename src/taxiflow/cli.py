@@ -10,8 +10,11 @@ import sys
 from taxiflow.core.errors import InvalidArgumentError, TaxiflowError
 from taxiflow.core.features import DEFAULT_FEATURES, parse_features, required_columns
 from taxiflow.core.months import parse_month_pair, parse_month_range
+from taxiflow.core.promotion import POLICIES
 from taxiflow.core.schema import TAXI_TYPES, check_fields_available
 from taxiflow.core.training import MODEL_KINDS, XGBoostParams
+from taxiflow.io.notifications import parse_target
+from taxiflow.jobs.notify import add_notify_parser, run_notify_command
 
 # Defaults a user's environment can override. Telemetry calls fail offline and only add noise.
 # Without a server Prefect starts a temporary one, and on a new PREFECT_HOME it first migrates a new
@@ -62,7 +65,28 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--experiment", help="MLflow experiment (default nyc-taxi-experiment)")
     train.add_argument("--model-name", help="registered model name (default nyc-taxi-duration)")
     train.add_argument("--tlc-base-url", help="where to download months missing from the data dir")
+    train.add_argument("--promote", choices=POLICIES, default="auto", help="auto: champion only if better on the validation month; never; force (with --reason)")
+    train.add_argument("--promotion-margin", type=float, default=0.0, help="minutes of RMSE the challenger must beat the champion by (default 0: any improvement; a tie keeps the champion)")
+    train.add_argument("--reason", help="why (recorded on the version; required with --promote force)")
+    train.add_argument("--require-promotion", action="store_true", help="exit 3 when the run completes but its model does not become champion (promote auto)")
+    train.add_argument("--notify", action="append", metavar="TARGET", help="webhook:<block> or email:<block>:<to>; repeatable (default: TAXIFLOW_NOTIFY_TARGETS)")
     train.add_argument("--json", action="store_true", help="print one JSON object with the run's summary")
+
+    models = sub.add_parser("models", help="the registered model's versions and its champion").add_subparsers(dest="models_command", required=True)
+    for name, help_text in (
+        ("ls", "versions, aliases, RMSE, months, gate decision"),
+        ("promote", "make VERSION the champion (checks that it loads and predicts first)"),
+        ("rollback", "give `champion` back to the version that held it before"),
+    ):
+        command = models.add_parser(name, help=help_text)
+        if name == "promote":
+            command.add_argument("version")
+        if name in ("promote", "rollback"):
+            command.add_argument("--reason", required=name == "promote", help="why (recorded on the version)")
+        command.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the state dir)")
+        command.add_argument("--model-name", help="registered model name (default nyc-taxi-duration)")
+        if name == "ls":
+            command.add_argument("--json", action="store_true")
 
     data = sub.add_parser("data", help="get and inspect TLC months").add_subparsers(dest="data_command", required=True)
     fetch = data.add_parser("fetch", help="download and verify months into the local cache")
@@ -89,6 +113,7 @@ def _build_parser() -> argparse.ArgumentParser:
     stack.add_parser("down", help="stop exactly the processes `up` started, worker first")
     stack.add_parser("env", help="print shell exports pointing the CLI and Prefect at the stack")
     sub.add_parser("deploy", help="register the deployments in prefect.yaml with the running Prefect server")
+    add_notify_parser(sub)
     return parser
 
 
@@ -160,6 +185,16 @@ def _reuse_running_stack() -> None:
         print(f"taxiflow: using the running stack's Prefect server at {state.urls['prefect_api']}", file=sys.stderr)
 
 
+def _check_tracking_store(args: argparse.Namespace) -> None:
+    """Fail in seconds on a tracking store registration could not use, before Prefect starts (the flow checks again: deployments)."""
+    from taxiflow.io.tracking import TrackingStore
+    from taxiflow.settings import load_settings
+
+    settings = load_settings()
+    store = TrackingStore(settings.resolved_tracking_uri(), args.experiment or settings.experiment_name, local_artifact_root=settings.local_artifact_root())
+    store.preflight(args.model_name or settings.model_name)
+
+
 def _train(args: argparse.Namespace) -> int:
     # Validate everything the user typed before paying for Prefect's start-up.
     parse_month_pair(args.train_month, args.val_month)
@@ -169,11 +204,22 @@ def _train(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--min-count must be >= 1, got {args.min_count}")
     overrides = {name: getattr(args, name) for name in _XGB_OPTIONS}
     XGBoostParams().with_overrides(**overrides)
+    if not 0 <= args.promotion_margin <= 60:
+        raise InvalidArgumentError(f"--promotion-margin must be between 0 and 60 minutes, got {args.promotion_margin}")
+    if args.promote == "force" and not (args.reason or "").strip():
+        raise InvalidArgumentError("--promote force needs --reason: who is forcing it and why")
+    for target in args.notify or []:
+        parse_target(target)
     if args.tracking_uri:
         # Passed by environment, not as a flow parameter: URIs can carry credentials.
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
 
+    _check_tracking_store(args)
     _reuse_running_stack()
+    if "PREFECT_API_URL" not in os.environ:
+        from taxiflow.io.prefect_database import ensure_local_prefect_database
+
+        ensure_local_prefect_database()
     from taxiflow.flows.train import train
 
     summary = train(
@@ -191,12 +237,55 @@ def _train(args: argparse.Namespace) -> int:
         experiment_name=args.experiment,
         model_name=args.model_name,
         tlc_base_url=args.tlc_base_url,
+        promote=args.promote,
+        promotion_margin=args.promotion_margin,
+        promotion_reason=args.reason,
+        notify=args.notify,
         **overrides,
     )
     if args.json:
         print(json.dumps(summary))
     else:
         print(_describe(summary))
+    if args.require_promotion and args.promote == "auto" and not summary["promoted"]:
+        print(f"taxiflow: v{summary['model_version']} was not promoted ({summary['gate']}): {summary['decision_reason']}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from taxiflow.jobs.models import list_versions, promote_version, rollback_champion
+    from taxiflow.settings import load_settings
+
+    settings = load_settings()
+    tracking_uri = args.tracking_uri or settings.resolved_tracking_uri()
+    model_name = args.model_name or settings.model_name
+    if args.models_command == "ls":
+        rows = list_versions(settings, tracking_uri, model_name)
+        if args.json:
+            print(json.dumps(rows))
+            return 0
+        print(f"{'version':>7}  {'aliases':<21}{'rmse':>8}  {'train':<8}{'val':<8}{'gate':<14}{'state':<10}created")
+        for r in rows:
+            rmse = f"{r['rmse']:.4f}" if r["rmse"] is not None else ""
+            print(
+                f"{r['version']:>7}  {','.join(r['aliases']):<21}{rmse:>8}  {r['train_month'] or '':<8}{r['val_month'] or '':<8}"
+                f"{r['gate'] or '':<14}{r['state'] or '':<10}{r['created']}"
+            )
+        return 0
+    if args.models_command == "promote":
+        outcome = promote_version(settings, tracking_uri, model_name, args.version, reason=args.reason)
+    else:
+        outcome = rollback_champion(settings, tracking_uri, model_name, reason=args.reason)
+    print(outcome.text)
+    if outcome.moved:
+        from taxiflow.core.messages import LifecycleEvent
+        from taxiflow.jobs.notify import send_event
+
+        send_event(
+            LifecycleEvent(kind="promoted", model_name=model_name, challenger_version=outcome.champion, champion_version=outcome.previous, gate="forced", gate_reason=outcome.text),
+            settings.notify_targets.split(),
+        )
     return 0
 
 
@@ -252,6 +341,8 @@ def _describe(summary: dict) -> str:
         f"validated on {summary['val_month']} ({summary['rows_val']:,} of {summary['rows_val_read']:,} rows).",
         f"  validation RMSE {summary['rmse']:.4f} min, MAE {summary['mae']:.4f} min",
         f"  registered {summary['model_name']} version {summary['model_version']} ({summary['model_uri']})",
+        f"  promotion gate: {summary['gate']}: {summary['decision_reason']}"
+        + (f" (champion: v{summary['champion_version']})" if summary.get("champion_version") else " (no champion)"),
         f"  MLflow run {summary['run_id']} in {summary['tracking_uri']}",
         "  report: Prefect artifact 'duration-model-report'",
     ]
@@ -280,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             return _stack(args)
         if args.command == "deploy":
             return _deploy(args)
+        if args.command == "models":
+            return _models(args)
+        if args.command == "notify":
+            return run_notify_command(args)
     except InvalidArgumentError as exc:
         print(f"taxiflow: error: {exc}", file=sys.stderr)
         return 2

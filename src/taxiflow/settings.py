@@ -22,6 +22,8 @@ class TaxiflowSettings(BaseSettings):
     download_backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles per attempt, with jitter")
     s3_block: str = Field("taxi-data", description="prefect-aws S3Bucket block holding TLC-named months")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; else MLFLOW_TRACKING_URI; else SQLite")
+    tracking_retry_s: float = Field(120.0, ge=0, description="How long registration retries a tracking store that is unreachable, restarting or busy")
+    notify_targets: str = Field("", description="Notification targets, space-separated: webhook:<block> email:<block>:<to>[,<to>]")
     experiment_name: str = "nyc-taxi-experiment"
     model_name: str = "nyc-taxi-duration"
 

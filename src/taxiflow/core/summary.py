@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from taxiflow.core.promotion import PromotionDecision
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class RegisteredModel:
     model_uri: str
 
 
-def training_summary(facts: TrainingFacts, registered: RegisteredModel, tracking_uri: str) -> dict[str, object]:
+def training_summary(facts: TrainingFacts, registered: RegisteredModel, tracking_uri: str, decision: "PromotionDecision | None" = None) -> dict[str, object]:
     """The machine-readable summary `taxiflow train --json` prints."""
     summary: dict[str, object] = {
         "rmse": facts.rmse,
@@ -103,6 +107,17 @@ def training_summary(facts: TrainingFacts, registered: RegisteredModel, tracking
         summary["intercept"] = facts.intercept
     if facts.best_iteration is not None:
         summary["best_iteration"] = facts.best_iteration
+    if decision is not None:
+        summary.update(
+            gate=decision.outcome,
+            promoted=decision.promote,
+            # The champion once the run finished, and how the one before it scored on these rows.
+            champion_version=registered.model_version if decision.promote else decision.champion_version,
+            previous_champion_version=decision.champion_version,
+            champion_rmse_on_val=decision.champion_rmse,
+            rmse_improvement=decision.improvement,
+            decision_reason=decision.reason,
+        )
     return summary
 
 

@@ -25,6 +25,8 @@ def train_monthly(
     model: Literal["xgboost", "linear"] = "xgboost",
     data_dir: str | None = None,
     min_count: Annotated[int, Field(ge=1)] = 1,
+    promote: Literal["auto", "never", "force"] = "auto",
+    promotion_margin: Annotated[float, Field(ge=0, le=60)] = 0.0,
 ) -> dict:
     """Train on the month before last and validate on last month, relative to `run_month` or the scheduled date."""
     if run_month:
@@ -34,4 +36,7 @@ def train_monthly(
         reference = Month(scheduled.year, scheduled.month)
     train_month, val_month = monthly_training_months(reference)
     get_run_logger().info("monthly retrain for %s: train %s, validate %s", reference, train_month, val_month)
-    return train(taxi=taxi, train_month=str(train_month), val_month=str(val_month), source=source, model=model, data_dir=data_dir, min_count=min_count)
+    return train(
+        taxi=taxi, train_month=str(train_month), val_month=str(val_month), source=source, model=model, data_dir=data_dir,
+        min_count=min_count, promote=promote, promotion_margin=promotion_margin,
+    )

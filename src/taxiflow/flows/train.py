@@ -44,10 +44,16 @@ from taxiflow.core.training import (
     predict_trips,
     vocabulary_min_count,
 )
+from taxiflow.core.messages import LifecycleEvent
+from taxiflow.flows.evaluation_report import get_zone_boroughs, publish_evaluation_report
+from taxiflow.flows.lifecycle import GateResult, commit_with_decision, evaluate_gate, publish_promotion_decision
 from taxiflow.flows.worker_bond import exit_with_worker
+from taxiflow.io.failpoints import failpoint
+from taxiflow.jobs.notify import current_flow_run_url, notify_train_run_state, send_event
 from taxiflow.io.month_cache import MonthCache, TripFile
 from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
-from taxiflow.io.tracking import TrackingStore, redact_uri
+from taxiflow.io.registry import ModelRegistry, promotion_lock
+from taxiflow.io.tracking import TrackingStore, mlflow_run_url, mlflow_version_url, redact_uri
 from taxiflow.io.trip_files import get_month_file
 from taxiflow.io.trip_tables import read_trip_table
 from taxiflow.settings import TaxiflowSettings, load_settings
@@ -125,15 +131,28 @@ def evaluate_model(model: DurationModel, val: PreparedTrips, vocabulary: Feature
 
 
 @task(cache_policy=NO_CACHE)
-def log_and_register(facts: TrainingFacts, model: DurationModel, vocabulary: FeatureVocabulary, model_name: str, experiment_name: str) -> RegisteredModel:
-    settings = load_settings()
-    store = TrackingStore(settings.resolved_tracking_uri(), experiment_name, local_artifact_root=settings.local_artifact_root())
+def check_tracking_store(store: TrackingStore, model_name: str) -> str:
+    """Before any data is read: a wrong URI or an unwritable store fails in seconds, not after the fit."""
+    experiment_id = store.preflight(model_name)
+    get_run_logger().info("MLflow %s: experiment %r (id %s) ready", redact_uri(store.tracking_uri), store.experiment_name, experiment_id)
+    return experiment_id
+
+
+@task(cache_policy=NO_CACHE)
+def log_model_run(store: TrackingStore, facts: TrainingFacts, model: DurationModel, vocabulary: FeatureVocabulary) -> tuple[str, str, str]:
     tags = {"taxiflow.prefect_flow_run_id": str(flow_run.get_id() or "")}
-    registered = store.log_and_register(
-        facts, model, vocabulary, model_name=model_name, run_name=f"{facts.taxi}-{facts.train.month}-{facts.val.month}-{facts.model}", tags=tags
-    )
-    get_run_logger().info("registered %s version %s (run %s)", registered.model_name, registered.model_version, registered.run_id)
+    logged = store.log_run(facts, model, vocabulary, run_name=f"{facts.taxi}-{facts.train.month}-{facts.val.month}-{facts.model}", tags=tags)
+    get_run_logger().info("logged MLflow run %s", logged[1])
+    return logged
+
+
+@task(cache_policy=NO_CACHE)
+def register_model_version(store: TrackingStore, facts: TrainingFacts, logged: tuple[str, str, str], model_name: str) -> RegisteredModel:
+    registered = store.register(facts, *logged, model_name)
+    get_run_logger().info("registered %s version %s (pending until the run commits)", registered.model_name, registered.model_version)
     return registered
+
+
 
 
 @task(cache_policy=NO_CACHE)
@@ -147,20 +166,55 @@ def publish_data_quality(facts: TrainingFacts) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def publish_report(facts: TrainingFacts, registered: RegisteredModel) -> str:
+def publish_report(facts: TrainingFacts, registered: RegisteredModel, gate: GateResult, links: dict[str, str], plots: list[str]) -> str:
+    failpoint("publish-report")
     create_markdown_artifact(
         key=REPORT_KEY,
-        markdown=render_training_report(facts, registered),
+        markdown=render_training_report(facts, registered, gate.decision, links=links, note=gate.note, plots=plots),
         description=f"{facts.taxi} {facts.train.month}->{facts.val.month}: RMSE {facts.rmse:.4f}, {registered.model_name} v{registered.model_version}",
     )
     return REPORT_KEY
+
+
+def registry_links(store: TrackingStore, registered: RegisteredModel) -> dict[str, str]:
+    links = {}
+    if (url := mlflow_version_url(store.tracking_uri, registered.model_name, registered.model_version)) is not None:
+        links[f"MLflow: {registered.model_name} v{registered.model_version}"] = url
+    if (url := mlflow_run_url(store.tracking_uri, registered.experiment_id, registered.run_id)) is not None:
+        links["MLflow run (plots under Artifacts)"] = url
+    if ui := flow_run.get_flow_run_ui_url():
+        links["Prefect flow run"] = ui
+    return links
+
+
+def abandon_version(store: TrackingStore, registry: ModelRegistry, run_id: str, registered: RegisteredModel, gate: GateResult | None) -> None:
+    """Best-effort undo after a failure before the commit point (the failure is what gets reported)."""
+    try:
+        registry.release(registered.model_version, gate.decision.champion_version if gate else None)
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().error("could not check the champion alias of v%s: %s", registered.model_version, exc)
+    store.abandon(run_id, registered)
 
 
 def _month_facts(trip_file: TripFile, prepared: PreparedTrips) -> MonthFacts:
     return MonthFacts(trip_file.month, trip_file.path, trip_file.sha256, prepared.rows_read, prepared.rows_kept, prepared.dropped)
 
 
-@flow(name="train", log_prints=True)
+@task(cache_policy=NO_CACHE)
+def notify_outcome(event: LifecycleEvent, targets: list[str] | None) -> list[str]:
+    """After the commit point: best-effort, bounded in time, never failing the run."""
+    try:
+        deliveries = send_event(event, targets)
+    except Exception as exc:  # noqa: BLE001 - send_event promises not to raise; the run is committed either way
+        get_run_logger().warning("notifications not sent: %s", type(exc).__name__)
+        return []
+    if deliveries:
+        get_run_logger().info("notifications: %s", "; ".join(f"{'ok' if d.ok else 'FAILED'} {d.target}" for d in deliveries))
+    return [str(d) for d in deliveries]
+
+
+# Failures and crashes notify through Prefect's state hooks (the success path notifies in the flow).
+@flow(name="train", log_prints=True, on_failure=[notify_train_run_state], on_crashed=[notify_train_run_state], on_cancellation=[notify_train_run_state])
 def train(
     taxi: Literal["green", "yellow", "fhv", "fhvhv"] = "green",
     train_month: MonthText = "2023-01",
@@ -184,6 +238,10 @@ def train(
     model_name: str | None = None,
     tlc_base_url: str | None = None,
     s3_block: str | None = None,
+    promote: Literal["auto", "never", "force"] = "auto",
+    promotion_margin: Annotated[float, Field(ge=0, le=60)] = 0.0,
+    promotion_reason: Annotated[str | None, Field(max_length=500)] = None,
+    notify: Annotated[list[str] | None, Field(description="notification targets: webhook:<block>, email:<block>:<to> (default: TAXIFLOW_NOTIFY_TARGETS)")] = None,
 ) -> dict:
     """Train a trip-duration model on one month, validate on a later one, register it in MLflow."""
     started = time.perf_counter()
@@ -197,6 +255,15 @@ def train(
         reg_lambda=reg_lambda, seed=seed, num_boost_round=num_boost_round, early_stopping_rounds=early_stopping_rounds,
     )
     directory = str(Path(data_dir) if data_dir else settings.data_dir)
+    model_name = model_name or settings.model_name
+    store = TrackingStore(
+        settings.resolved_tracking_uri(), experiment_name or settings.experiment_name,
+        local_artifact_root=settings.local_artifact_root(), retry_budget_s=settings.tracking_retry_s,
+    )
+    check_tracking_store(store, model_name)
+    # For the report's RMSE by borough; fetched alongside the months, never failing the run.
+    lookup_source = month_source(source, settings, tlc_base_url, s3_block) if source in ("auto", "tlc") else None
+    zones = get_zone_boroughs.submit(directory if source in ("auto", "local") else None, lookup_source, str(settings.cache_dir()))
 
     # Both months are fetched and prepared concurrently (I/O and decoding overlap).
     files = [get_month.submit(taxi, str(m), source, directory, tlc_base_url, s3_block) for m in (train_m, val_m)]
@@ -233,8 +300,38 @@ def train(
         best_iteration=fitted.best_iteration if isinstance(fitted, XGBoostModel) else None,
     )
     publish_data_quality(facts)
-    registered = log_and_register(facts, fitted, vocabulary, model_name or settings.model_name, experiment_name or settings.experiment_name)
-    publish_report(facts, registered)
-    summary = training_summary(facts, registered, redact_uri(settings.resolved_tracking_uri()))
+    # The commit point is the end of `commit_with_decision`: the version is usable (and may become
+    # champion) only once everything it promises (gate, report) exists. Any failure before that
+    # deletes it and moves no alias; a kill leaves it tagged pending, without aliases.
+    logged = log_model_run(store, facts, fitted, vocabulary)
+    registry = ModelRegistry(store, model_name)
+    registered, gate = None, None
+    try:
+        registered = register_model_version(store, facts, logged, model_name)
+        links = registry_links(store, registered)
+        with promotion_lock(settings.state_dir.resolve(), store.tracking_uri, model_name):
+            gate = evaluate_gate(registry, registered, fitted, vocabulary, val_trips, facts, promote, promotion_margin, promotion_reason)
+            plots = publish_evaluation_report(store, registered, fitted, vocabulary, val_trips, gate, zones.result())
+            publish_promotion_decision(gate, registered, facts.val.month)
+            publish_report(facts, registered, gate, links, plots)
+            commit_with_decision(store, registry, registered, gate, facts.val.month)
+    except BaseException:
+        if registered is not None:
+            abandon_version(store, registry, logged[1], registered, gate)
+        else:
+            store.abandon(logged[1], None)
+        raise
+    decision = gate.decision
+    notify_outcome(
+        LifecycleEvent(
+            kind="promoted" if decision.promote else "completed", taxi=taxi, train_month=train_month, val_month=val_month,
+            model_name=model_name, rmse=facts.rmse, challenger_version=registered.model_version,
+            champion_version=decision.champion_version, champion_rmse_on_val=decision.champion_rmse,
+            gate=decision.outcome, gate_reason=decision.reason, flow_run_name=flow_run.get_name(),
+            flow_run_url=current_flow_run_url(), model_version_url=mlflow_version_url(store.tracking_uri, model_name, registered.model_version),
+        ),
+        notify if notify is not None else settings.notify_targets.split(),
+    )
+    summary = training_summary(facts, registered, redact_uri(store.tracking_uri), decision)
     # Where the time went (the fit task alone varies by seconds between identical runs).
     return summary | {"seconds": {"flow": time.perf_counter() - started, "fit": fit_seconds}}
