@@ -1,7 +1,9 @@
+import re
+
 import pytest
 
 from taxiflow.core.errors import InvalidArgumentError
-from taxiflow.core.months import Month, parse_month_pair
+from taxiflow.core.months import Month, parse_month_pair, parse_month_range
 
 
 def test_parse_and_format_round_trip():
@@ -10,26 +12,40 @@ def test_parse_and_format_round_trip():
     assert Month.parse("2023-01").shift(-2) == Month(2022, 11)
 
 
-@pytest.mark.parametrize("text", ["2023-1", "2023/01", "23-01", "2023-13", "2023-00", "", "2008-12", "january"])
+# Each malformed value: the message names the argument, what was expected, and the value given.
+MALFORMED = {
+    "2023-1": "expected a month as YYYY-MM (e.g. 2023-01), got '2023-1'",
+    "2023/01": "expected a month as YYYY-MM (e.g. 2023-01), got '2023/01'",
+    "23-01": "expected a month as YYYY-MM (e.g. 2023-01), got '23-01'",
+    "": "expected a month as YYYY-MM (e.g. 2023-01), got ''",
+    "january": "expected a month as YYYY-MM (e.g. 2023-01), got 'january'",
+    "2023-13": "month must be 01..12, got '2023-13'",
+    "2023-00": "month must be 01..12, got '2023-00'",
+    "2008-12": "TLC trip records start in 2009, got '2008-12'",
+}
+
+
+@pytest.mark.parametrize("text", list(MALFORMED))
 def test_malformed_months_name_the_argument(text):
-    with pytest.raises(InvalidArgumentError, match="train_month"):
+    with pytest.raises(InvalidArgumentError, match="^" + re.escape(f"train_month: {MALFORMED[text]}") + "$"):
         Month.parse(text, argument="train_month")
 
 
 def test_validation_month_must_follow_training_month():
     assert parse_month_pair("2023-01", "2023-02") == (Month(2023, 1), Month(2023, 2))
-    with pytest.raises(InvalidArgumentError, match=r"val_month \(2023-01\) must be after train_month \(2023-02\)"):
+    with pytest.raises(InvalidArgumentError, match=r"^val_month \(2023-01\) must be after train_month \(2023-02\)"):
         parse_month_pair("2023-02", "2023-01")
-    with pytest.raises(InvalidArgumentError, match="must be after"):
+    with pytest.raises(InvalidArgumentError, match=r"^val_month \(2023-02\) must be after train_month \(2023-02\)"):
         parse_month_pair("2023-02", "2023-02")
+    # Each month is checked under its own argument name.
+    with pytest.raises(InvalidArgumentError, match=r"^val_month: month must be 01\.\.12, got '2023-13'$"):
+        parse_month_pair("2023-01", "2023-13")
 
 
 def test_month_ranges():
-    from taxiflow.core.months import parse_month_range
-
     assert [str(m) for m in parse_month_range("2022-11..2023-02")] == ["2022-11", "2022-12", "2023-01", "2023-02"]
     assert [str(m) for m in parse_month_range("2023-05, 2023-01,2023-05")] == ["2023-01", "2023-05"]
-    with pytest.raises(InvalidArgumentError, match="ends before it starts"):
+    with pytest.raises(InvalidArgumentError, match=r"^months: range '2023-03\.\.2023-01' ends before it starts$"):
         parse_month_range("2023-03..2023-01")
-    with pytest.raises(InvalidArgumentError, match="months: expected a month as YYYY-MM"):
+    with pytest.raises(InvalidArgumentError, match=r"^months: expected a month as YYYY-MM \(e\.g\. 2023-01\), got '2023'$"):
         parse_month_range("2023-03..2023")

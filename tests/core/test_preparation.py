@@ -1,6 +1,9 @@
 import datetime as dt
+import re
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from taxiflow.core.errors import DataFileError, NoUsableRowsError
@@ -25,7 +28,10 @@ def test_every_real_green_month_despite_dtype_drift(green_prepared, month):
     assert (prepared.rows_read, prepared.rows_kept) == EXPECTED[month]
     duration = prepared.frame[DURATION]
     assert duration.min() >= 1 and duration.max() <= 60
-    assert str(prepared.frame["pickup_zone"].dtype) == "Int32"
+    # Whatever the month stored (int64, int32 or double IDs), one schema comes out.
+    assert {name: str(dtype) for name, dtype in prepared.frame.schema.items()} == {
+        "pickup_zone": "Int32", "dropoff_zone": "Int32", "distance": "Float64", DURATION: "Float64",
+    }
 
 
 def _table(pickups, dropoffs, zones=(1, 2), zone_type=pa.int64(), distances=None):
@@ -53,20 +59,21 @@ def test_duration_bounds_are_inclusive():
 def test_double_zone_ids_are_coerced():
     t0 = dt.datetime(2023, 1, 1, 12)
     prepared = prepare_trips(_table([t0], [t0 + dt.timedelta(minutes=5)], zones=(7.0, 8.0), zone_type=pa.float64()), source="t")
-    assert prepared.frame["pickup_zone"].to_list() == [7]
+    assert prepared.frame["pickup_zone"].to_list() == [7] and prepared.frame["dropoff_zone"].to_list() == [8]
+    assert str(prepared.frame["pickup_zone"].dtype) == str(prepared.frame["dropoff_zone"].dtype) == "Int32"
 
 
 def test_string_zone_ids_are_refused_with_file_and_column():
     t0 = dt.datetime(2023, 1, 1, 12)
     table = _table([t0], [t0 + dt.timedelta(minutes=5)], zones=("7", "8"), zone_type=pa.string())
-    with pytest.raises(DataFileError, match=r"bad\.parquet: column 'pickup_zone' holds String, expected integer zone IDs"):
+    with pytest.raises(DataFileError, match=r"^bad\.parquet: column 'pickup_zone' holds String, expected integer zone IDs$"):
         prepare_trips(table, source="bad.parquet")
 
 
 def test_no_rows_left_names_the_file():
     t0 = dt.datetime(2023, 1, 1, 12)
     table = _table([t0, t0], [t0, t0 + dt.timedelta(hours=3)])
-    with pytest.raises(NoUsableRowsError, match=r"short\.parquet: no usable trips: all 2 rows failed checks: duration_out_of_range 2 \(duration_min: expected duration 1\.\.60 min\)"):
+    with pytest.raises(NoUsableRowsError, match=r"^short\.parquet: no usable trips: all 2 rows failed checks: duration_out_of_range 2 \(duration_min: expected duration 1\.\.60 min\)$"):
         prepare_trips(table, source="short.parquet")
 
 
@@ -96,25 +103,37 @@ def test_pickup_window_is_opt_in(green_prepared, tlc_dir):
 
     path = tlc_dir / "green_tripdata_2023-02.parquet"
     strict = prepare_trips(read_green(path), source=str(path), month=Month(2023, 2), month_window_days=1)
+    # Reference, in plain numpy on the file's own columns: pickups outside 2023-01-31..2023-03-02
+    # (February +- 1 day) and durations of 1..60 min. This month has no nulls, bad zones, negative
+    # distances or reversed timestamps, so those two are the only reasons a row is dropped.
+    raw = pq.read_table(path, columns=["lpep_pickup_datetime", "lpep_dropoff_datetime"])
+    pickup, dropoff = (raw[c].to_numpy() for c in ("lpep_pickup_datetime", "lpep_dropoff_datetime"))
+    outside = (pickup < np.datetime64("2023-01-31")) | (pickup >= np.datetime64("2023-03-02"))
+    minutes = (dropoff - pickup) / np.timedelta64(1, "m")
+    in_range = (minutes >= 1) & (minutes <= 60)
     # The TLC's stray dates (e.g. 2023-01-25 in February): 22 rows, 19 of which the duration rule would keep.
-    assert strict.dropped["pickup_outside_month"] == 22
-    assert strict.rows_kept == green_prepared("2023-02").rows_kept - 19
+    assert (outside.sum(), (outside & in_range).sum()) == (22, 19)
+    # Opt-in: without a window, the stray pickups are kept.
+    assert green_prepared("2023-02").dropped == {"duration_out_of_range": int((~in_range).sum())}
+    assert strict.dropped == {"pickup_outside_month": 22, "duration_out_of_range": int((~in_range & ~outside).sum())}
+    assert strict.rows_kept == int((in_range & ~outside).sum()) == EXPECTED["2023-02"][1] - 19
 
 
 def test_a_file_named_for_another_month_is_refused(tlc_dir):
     from tests.core.conftest import read_green
 
     path = tlc_dir / "green_tripdata_2023-02.parquet"
-    with pytest.raises(DataFileError, match=r"named for 2023-05 but only 0\.0% of its pickups fall in that month \(most are in 2023-02\)"):
+    message = f"{path}: named for 2023-05 but only 0.0% of its pickups fall in that month (most are in 2023-02); expected a file of 2023-05 trips"
+    with pytest.raises(DataFileError, match="^" + re.escape(message) + "$"):
         prepare_trips(read_green(path), source=str(path), month=Month(2023, 5))
 
 
 def test_fractional_zone_ids_are_refused():
     t0 = dt.datetime(2023, 1, 1, 12)
-    with pytest.raises(DataFileError, match="column 'pickup_zone' holds fractional values"):
-        prepare_trips(_table([t0], [t0 + dt.timedelta(minutes=5)], zones=(7.5, 8.0), zone_type=pa.float64()), source="t")
+    with pytest.raises(DataFileError, match=r"^frac\.parquet: column 'pickup_zone' holds fractional values, expected integer zone IDs$"):
+        prepare_trips(_table([t0], [t0 + dt.timedelta(minutes=5)], zones=(7.5, 8.0), zone_type=pa.float64()), source="frac.parquet")
 
 
 def test_empty_file_is_refused():
-    with pytest.raises(DataFileError, match=r"e\.parquet: holds no trips \(0 rows\)"):
+    with pytest.raises(DataFileError, match=r"^e\.parquet: holds no trips \(0 rows\)$"):
         prepare_trips(_table([], []), source="e.parquet")

@@ -11,6 +11,7 @@ server, so together they take little more than the slowest one.
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import time
@@ -273,22 +274,24 @@ def test_facts_parent_flow_prints_what_its_two_subflows_fetched(runs, prefect_ap
 
 
 @pytest.mark.parametrize(
-    ("entrypoint", "flow_name"),
+    ("entrypoint", "flow_name", "parameters", "required"),
     [
-        ("examples/hello_flow.py:hello_flow", "hello-flow"),
-        ("examples/typed_parameters.py:typed_parameters", "typed-parameters"),
-        ("examples/retries.py:retries_flow", "retries-flow"),
-        ("examples/facts_subflows.py:animal_facts", "animal-facts"),
+        ("examples/hello_flow.py:hello_flow", "hello-flow", ["name"], []),
+        ("examples/typed_parameters.py:typed_parameters", "typed-parameters", ["date", "count", "taxi", "window"], ["date"]),
+        ("examples/retries.py:retries_flow", "retries-flow", ["url"], ["url"]),
+        ("examples/facts_subflows.py:animal_facts", "animal-facts", ["api_url"], ["api_url"]),
     ],
 )
-def test_each_flow_loads_from_its_entrypoint_for_deployments(entrypoint, flow_name, monkeypatch):
+def test_each_flow_loads_from_its_entrypoint_for_deployments(entrypoint, flow_name, parameters, required, monkeypatch):
     from prefect.flows import load_flow_from_entrypoint
 
     monkeypatch.chdir(REPO)
     loaded = load_flow_from_entrypoint(entrypoint)
     assert loaded.name == flow_name
+    # The parameter schema a deployment form is built from: the function's parameters, in order.
     schema = loaded.parameters.model_dump()
-    assert schema["properties"], schema  # the parameter schema a deployment form is built from
+    assert list(schema["properties"]) == parameters, schema
+    assert schema.get("required", []) == required, schema
 
 
 def test_typed_parameters_schema_carries_the_bounds_and_choices():
@@ -304,7 +307,11 @@ def test_typed_parameters_schema_carries_the_bounds_and_choices():
 def test_flaky_route_is_deterministic():
     first, again = FlakyRoute(fail_first=1, failure_rate=0.5, seed=7), FlakyRoute(fail_first=1, failure_rate=0.5, seed=7)
     statuses = [first.next_status()[1] for _ in range(40)]
-    assert statuses == [again.next_status()[1] for _ in range(40)]
-    assert statuses[0] == 503 and {200, 503} == set(statuses[1:])
+    # As documented: call 1 fails outright; each later call fails when random.Random(seed) draws
+    # below failure_rate (the forced failures draw nothing).
+    rng = random.Random(7)
+    assert statuses == [503] + [503 if rng.random() < 0.5 else 200 for _ in range(39)]
+    assert statuses == [again.next_status()[1] for _ in range(40)]  # the same seed, the same sequence
+    assert {200, 503} == set(statuses[1:]) and first.statuses == statuses
     route = FlakyRoute(fail_first=2)
     assert [route({})[0] for _ in range(4)] == [503, 503, 200, 200]
