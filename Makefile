@@ -12,7 +12,7 @@ TAXI ?= green
 TRAIN_MONTH ?= 2023-01
 VAL_MONTH ?= 2023-02
 
-.PHONY: setup train test bench
+.PHONY: setup train check test test-fast bench
 setup: .venv/.synced
 
 $(UV):
@@ -26,8 +26,16 @@ $(UV):
 train: setup
 	$(UV) run --frozen taxiflow train --taxi $(TAXI) --train-month $(TRAIN_MONTH) --val-month $(VAL_MONTH)
 
-test: setup
+check: setup  ## formatting, lint and types (ruff, mypy: configured in pyproject.toml)
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen mypy
+
+test: setup check
 	$(UV) run --frozen pytest
+
+test-fast: setup  ## the tests that start no server and run no `taxiflow` command (under a minute)
+	$(UV) run --frozen pytest -m "not servers"
 
 bench: setup  ## taxiflow vs the course pipeline (~20 min on 2 cores): benchmarks/out/results.{md,json}, *.png
 	$(MAKE) -C benchmarks bench

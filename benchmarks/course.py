@@ -57,11 +57,11 @@ def read_dataframe(filename: Path) -> pd.DataFrame:
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
-    df.lpep_dropoff_datetime = pd.to_datetime(df.lpep_dropoff_datetime)
-    df.lpep_pickup_datetime = pd.to_datetime(df.lpep_pickup_datetime)
-    df["duration"] = df.lpep_dropoff_datetime - df.lpep_pickup_datetime
-    df.duration = df.duration.apply(lambda td: td.total_seconds() / 60)
-    df = df[(df.duration >= 1) & (df.duration <= 60)]
+    df["lpep_dropoff_datetime"] = pd.to_datetime(df["lpep_dropoff_datetime"])
+    df["lpep_pickup_datetime"] = pd.to_datetime(df["lpep_pickup_datetime"])
+    df["duration"] = df["lpep_dropoff_datetime"] - df["lpep_pickup_datetime"]
+    df["duration"] = df["duration"].apply(lambda td: td.total_seconds() / 60)
+    df = df[(df["duration"] >= 1) & (df["duration"] <= 60)]
     categorical = ["PULocationID", "DOLocationID"]
     df[categorical] = df[categorical].astype(str)
     return df
@@ -75,7 +75,7 @@ def add_features(df_train: pd.DataFrame, df_val: pd.DataFrame) -> CourseFeatures
     dv = DictVectorizer()
     X_train = dv.fit_transform(df_train[categorical + numerical].to_dict(orient="records"))
     X_val = dv.transform(df_val[categorical + numerical].to_dict(orient="records"))
-    return CourseFeatures(X_train, X_val, df_train["duration"].values, df_val["duration"].values, dv)
+    return CourseFeatures(X_train, X_val, df_train["duration"].to_numpy(), df_val["duration"].to_numpy(), dv)
 
 
 def import_training_libraries() -> None:
@@ -119,9 +119,7 @@ def log_and_register(booster: xgb.Booster, dv: DictVectorizer, rmse: float, trac
     return str(mlflow.register_model(info.model_uri, MODEL_NAME).version)
 
 
-def run(
-    train_path: Path, val_path: Path, *, tracking_dir: Path | None, num_boost_round: int = NUM_BOOST_ROUND
-) -> tuple[StageTimer, dict[str, object]]:
+def run(train_path: Path, val_path: Path, *, tracking_dir: Path | None, num_boost_round: int = NUM_BOOST_ROUND) -> tuple[StageTimer, dict[str, object]]:
     """The course pipeline, stage by stage; stops after the feature matrix when `tracking_dir` is None."""
     timer = StageTimer()
     with timer.stage("read"):

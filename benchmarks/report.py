@@ -48,7 +48,10 @@ def _targets(pair: dict) -> list[tuple[str, str]]:
     startup = f.get("cli_startup")
     no_duplicates = ttm["taxiflow_no_duplicates_s"]
     return [
-        ("Read -> feature matrix (s): course / taxiflow / bare decode of the 5 columns", f"{_s(rf['course_s'])} / {_s(rf['taxiflow_s'])} / {_s(rf['decode_floor_s'])}"),
+        (
+            "Read -> feature matrix (s): course / taxiflow / bare decode of the 5 columns",
+            f"{_s(rf['course_s'])} / {_s(rf['taxiflow_s'])} / {_s(rf['decode_floor_s'])}",
+        ),
         ("… speed: course / taxiflow", f"**{_x(rf['course_over_taxiflow'])}**"),
         ("… taxiflow / bare decode", _x(rf["taxiflow_over_decode_floor"])),
         (
@@ -146,7 +149,7 @@ def markdown(results: dict) -> str:
         ]
     lines += ["## Targets", "", "| | " + " | ".join(PAIR_LABELS.get(n, n) for n in pairs) + " |", "|---|" + "---:|" * len(pairs)]
     columns = [_targets(pair) for pair in pairs.values()]
-    for rows in zip(*columns):
+    for rows in zip(*columns, strict=True):
         lines.append(f"| {rows[0][0]} | " + " | ".join(value for _, value in rows) + " |")
     if results["scaling"]:
         lines += ["", "## Scaling: taxiflow (direct calls), 1M-row validation month", "", *_scaling_table(results["scaling"])]
@@ -161,8 +164,9 @@ def plot_stages(results: dict, path: Path) -> None:
 
     pairs = results["pairs"]
     fig, axes = plt.subplots(len(pairs), 1, figsize=(10, 2.6 * len(pairs) + 0.6), squeeze=False)
-    colors = dict(zip(STAGES, plt.get_cmap("tab10").colors))
-    for ax, (name, pair) in zip(axes[:, 0], pairs.items()):
+    tab10 = plt.get_cmap("tab10")
+    colors = {stage: tab10(i) for i, stage in enumerate(STAGES)}
+    for ax, (name, pair) in zip(axes[:, 0], pairs.items(), strict=True):
         runs = pair["runs"]
         bars = [("course", runs["course"]), ("taxiflow (direct)", runs["taxiflow"])]
         for y, (_, run) in enumerate(bars):

@@ -232,9 +232,7 @@ def derive(runs: dict[str, dict]) -> dict:
             "overhead_without_fit_s": (flow["stages"]["flow"] - flow["facts"]["fit_s"]) - (taxiflow["total_s"] - taxiflow["stages"]["train"]),
             "overhead_share": ((flow["stages"]["flow"] - flow["facts"]["fit_s"]) - (taxiflow["total_s"] - taxiflow["stages"]["train"])) / taxiflow["total_s"],
             # What one more run of the same thing can differ by (XGBoost's timing varies run to run).
-            "run_to_run_spread_s": max(max(r["wall_s_all"]) - min(r["wall_s_all"]) for r in (taxiflow, flow))
-            if len(taxiflow["wall_s_all"]) > 1
-            else None,
+            "run_to_run_spread_s": max(max(r["wall_s_all"]) - min(r["wall_s_all"]) for r in (taxiflow, flow)) if len(taxiflow["wall_s_all"]) > 1 else None,
         },
         "memory": {
             "course_peak_rss_mb": course["peak_rss_mb"],
@@ -328,7 +326,7 @@ def run(settings: Settings, out_dir: Path) -> dict:
             }
         if not settings.quick:
             large_run = results["pairs"]["large"]["runs"]["taxiflow"]
-            for rows, pair in zip(settings.scaling_train_rows, scaling_pairs):
+            for rows, pair in zip(settings.scaling_train_rows, scaling_pairs, strict=True):
                 record = large_run if rows == settings.large[0] else bench.measure("taxiflow", pair, partial(bench.child, "taxiflow", pair, full=True))
                 results["scaling"].append({"train_rows_read": rows} | record)
     write_outputs(results, out_dir)
@@ -365,7 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wait-quiet", type=float, default=300, help="seconds to wait, before each run, for a busy machine to fall quiet")
     parser.add_argument("--scaling-train-rows", default=",".join(map(str, SCALING_TRAIN_ROWS)), help="comma list of training-month sizes")
     parser.add_argument("--prefect-api", help="use this running Prefect server (…/api) instead of starting one")
-    parser.add_argument("--out", type=Path, help=f"default {OUT_DIR.relative_to(REPO)} ({OUT_DIR.relative_to(REPO)}/quick with --quick, so a full run's results stay)")
+    parser.add_argument(
+        "--out", type=Path, help=f"default {OUT_DIR.relative_to(REPO)} ({OUT_DIR.relative_to(REPO)}/quick with --quick, so a full run's results stay)"
+    )
     args = parser.parse_args(argv)
     settings = Settings(
         quick=args.quick,

@@ -1,40 +1,42 @@
-"""taxiflow's pipeline as plain function calls: no Prefect, the `core`/`io` functions its flow wires.
+"""taxiflow's pipeline as plain function calls: no Prefect, the training use case its flow runs.
 
-It calls taxiflow's own functions (never copies of them) and passes between them what the `train`
-flow passes (src/taxiflow/flows/train.py): when the flow's wiring changes, change `read_to_features`
-and `run` with it. The smoke test checks that both give the same RMSE.
+Each stage calls the same `core.training_plan` step the `train` flow's task calls (never a copy),
+with a timer around it. The smoke test checks that both give the same RMSE.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.measure import StageTimer
 from benchmarks.pairs import tlc_month
-from taxiflow.core.features import (
-    DEFAULT_FEATURES,
-    FeatureMatrix,
-    FeatureVocabulary,
-    build_feature_matrix,
-    collapse_duplicate_rows,
-    fit_vocabulary,
-    required_columns,
-)
-from taxiflow.core.metrics import regression_metrics
+from taxiflow.core.features import DEFAULT_FEATURES, FeatureMatrix, FeatureVocabulary, required_columns
 from taxiflow.core.months import Month
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
-from taxiflow.core.schema import DROPOFF_AT, DURATION, PICKUP_AT, layout_for
-from taxiflow.core.summary import MonthFacts, TrainingFacts
-from taxiflow.core.training import XGBoostParams, fit_xgboost, predict_trips, vocabulary_min_count
+from taxiflow.core.request import TrainRequest
+from taxiflow.core.schema import DROPOFF_AT, PICKUP_AT, layout_for
+from taxiflow.core.summary import MonthFacts
+from taxiflow.core.training_plan import (
+    TrainingPlan,
+    evaluate_duration_model,
+    fit_duration_model,
+    fit_matrix,
+    fit_plan_vocabulary,
+    plan_training,
+    training_facts,
+)
 from taxiflow.io.month_cache import TripFile
 from taxiflow.io.trip_files import local_month_file
 from taxiflow.io.trip_tables import read_trip_table
 
 TAXI = "green"
 FEATURES = DEFAULT_FEATURES
-# The flow's vocabulary threshold for XGBoost with the course's parameters (no user --min-count).
-MIN_COUNT = vocabulary_min_count("xgboost", XGBoostParams(), 1)
+
+
+def benchmark_plan(*, collapse: bool = True, num_boost_round: int | None = None) -> TrainingPlan:
+    """What `taxiflow train` plans for the course's setup (XGBoost, course parameters)."""
+    return plan_training(TrainRequest(taxi=TAXI, features=list(FEATURES), collapse_duplicates=collapse, num_boost_round=num_boost_round))
 
 
 @dataclass(frozen=True)
@@ -73,19 +75,20 @@ def read_to_features(train_path: Path, val_path: Path, timer: StageTimer, *, col
         files = (_month_file(train_path), _month_file(val_path))
         tables = [read_trip_table(f.path, layout_for(TAXI), columns) for f in files]
     with timer.stage("prepare"):
-        train, val = (prepare_trips(t, source=f.path, month=Month.parse(f.month)) for t, f in zip(tables, files))
+        train, val = (prepare_trips(t, source=f.path, month=Month.parse(f.month)) for t, f in zip(tables, files, strict=True))
         del tables  # the flow drops the decoded tables once prepared; so must the memory figure
     with timer.stage("features"):
-        vocabulary = fit_vocabulary(train.frame, FEATURES, min_count=MIN_COUNT)
-        fit_frames = (collapse_duplicate_rows(p.frame, FEATURES) if collapse else p.frame for p in (train, val))
-        x_fit, x_stop = (build_feature_matrix(frame, vocabulary) for frame in fit_frames)
+        plan = benchmark_plan(collapse=collapse)
+        vocabulary = fit_plan_vocabulary(plan, train)
+        x_fit, x_stop = fit_matrix(plan, train, vocabulary), fit_matrix(plan, val, vocabulary)
     return Matrices(files, train, val, vocabulary, x_fit, x_stop)
 
 
 def import_training_libraries() -> None:
     """Load what training and logging import lazily, so their stages time work, not imports."""
-    import taxiflow.io.tracking  # noqa: F401
     import xgboost  # noqa: F401
+
+    import taxiflow.io.tracking  # noqa: F401
 
 
 def run(
@@ -105,29 +108,14 @@ def run(
     # Imported here: the read -> features measurement should not carry MLflow in its RSS.
     from taxiflow.io.tracking import TrackingStore
 
-    params = XGBoostParams().with_overrides(num_boost_round=num_boost_round)
+    plan = benchmark_plan(collapse=collapse, num_boost_round=num_boost_round)
     with timer.stage("train"):
-        model = fit_xgboost(m.x_fit.X, m.x_fit.y, m.x_stop.X, m.x_stop.y, params, weight_train=m.x_fit.weight, weight_val=m.x_stop.weight)
+        model = fit_duration_model(plan, m.x_fit, m.x_stop)
     with timer.stage("evaluate"):
-        metrics = regression_metrics(m.val.frame[DURATION].to_numpy(), predict_trips(model, m.val.frame, m.vocabulary))
+        metrics = evaluate_duration_model(model, m.val, m.vocabulary)
     with timer.stage("log"):
-        month_facts = [
-            MonthFacts(f.month, f.path, f.sha256, p.rows_read, p.rows_kept, p.dropped) for f, p in zip(m.files, (m.train, m.val))
-        ]
-        training = TrainingFacts(
-            taxi=TAXI,
-            model="xgboost",
-            features=FEATURES,
-            train=month_facts[0],
-            val=month_facts[1],
-            n_features=m.vocabulary.size,
-            n_features_pruned=m.vocabulary.pruned,
-            rmse=metrics.rmse,
-            mae=metrics.mae,
-            model_params=asdict(params),
-            options={"min_count": 1, "min_count_applied": MIN_COUNT, "collapse_duplicates": collapse, "month_window_days": None},
-            best_iteration=model.best_iteration,
-        )
+        month_facts = [MonthFacts(f.month, f.path, f.sha256, p.rows_read, p.rows_kept, p.dropped) for f, p in zip(m.files, (m.train, m.val), strict=True)]
+        training = training_facts(plan, month_facts[0], month_facts[1], m.vocabulary, model, metrics)
         store = TrackingStore(f"sqlite:///{tracking_dir / 'mlflow.db'}", "nyc-taxi-experiment", local_artifact_root=tracking_dir / "mlartifacts")
         store.preflight("nyc-taxi-duration")
         logged = store.log_run(training, model, m.vocabulary, run_name="benchmark")

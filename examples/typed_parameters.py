@@ -48,7 +48,8 @@ def typed_parameters(
     date: datetime.date,
     count: Annotated[int, Field(ge=1, le=10, description="how many days from `date`")] = 3,
     taxi: Taxi = "green",
-    window: DurationWindow = DurationWindow(),
+    # Prefect builds the parameter schema (UI form, defaults) from the signature; the flow never mutates it.
+    window: DurationWindow = DurationWindow(),  # noqa: B008
 ) -> dict[str, Any]:
     logger = get_run_logger()
     values = {"date": date.isoformat(), "count": count, "taxi": taxi, "window": window.model_dump()}

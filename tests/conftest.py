@@ -15,6 +15,22 @@ from tests.support.servers import VENV_BIN, base_env, prefect_server
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TAXIFLOW_TEST_DATA", REPO.parent / "shared" / "data" / "nyc-tlc")).resolve()
 
+# What starts servers (Prefect, MLflow, S3, the stack, a browser) or runs the `taxiflow` command (a Prefect
+# server of its own when none is given): marked `servers`, so `pytest -m "not servers"` (`make test-fast`)
+# is the quick tier. A test is marked by the fixtures it uses, or by where it lives.
+_SERVER_FIXTURES = frozenset({"prefect_api", "run_taxiflow"})
+_SERVER_DIRS = ("platform/", "examples/", "benchmarks/", "browser/")
+_SERVER_FILE_PREFIXES = ("test_cli_", "test_planted_secrets")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        where = item.path.relative_to(tests).as_posix() if item.path.is_relative_to(tests) else ""
+        uses_servers = bool(_SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+        if uses_servers or where.startswith(_SERVER_DIRS) or where.startswith(_SERVER_FILE_PREFIXES):
+            item.add_marker(pytest.mark.servers)
+
 
 @pytest.fixture(scope="session")
 def tlc_dir() -> Path:
@@ -54,9 +70,7 @@ def run_taxiflow(tmp_path, state_dir, prefect_api):
         if server:
             full_env["PREFECT_API_URL"] = prefect_api
         full_env.update(env or {})
-        proc = subprocess.run(
-            [str(VENV_BIN / "taxiflow"), *args], cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout
-        )
+        proc = subprocess.run([str(VENV_BIN / "taxiflow"), *args], cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
         return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run

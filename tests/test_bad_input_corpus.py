@@ -60,32 +60,90 @@ N = "64,809"  # rows of green 2023-02, from the shared data's README
 CASES = {
     "truncated file": (lambda d, t: (d / REAL).read_bytes()[: (d / REAL).stat().st_size // 2], "2023-02", r"not a readable parquet file"),
     "random bytes": (lambda d, t: bytes(range(256)) * 200, "2023-02", r"not a readable parquet file"),
-    "HTML error page": (lambda d, t: b"<html><head><title>503</title></head><body>Service Unavailable</body></html>", "2023-02", r"not a readable parquet file"),
+    "HTML error page": (
+        lambda d, t: b"<html><head><title>503</title></head><body>Service Unavailable</body></html>",
+        "2023-02",
+        r"not a readable parquet file",
+    ),
     "empty file": (lambda d, t: b"", "2023-02", r"not a readable parquet file"),
     "CSV renamed .parquet": (lambda d, t: (d / "taxi_zone_lookup.csv").read_bytes(), "2023-02", r"not a readable parquet file"),
     "zero rows": (lambda d, t: _parquet(t.slice(0, 0)), "2023-02", r"holds no trips \(0 rows\)"),
-    "required column dropped": (lambda d, t: _parquet(t.drop_columns(["DOLocationID"])), "2023-02", r"missing column\(s\) DOLocationID expected in green trip files"),
-    "required column renamed": (lambda d, t: _parquet(_rename(t, "lpep_pickup_datetime", "pickup_time")), "2023-02", r"missing column\(s\) lpep_pickup_datetime expected .*found: .*pickup_time"),
-    "zone IDs as strings": (lambda d, t: _parquet(_set(t, "PULocationID", pc.cast(t["PULocationID"], pa.string()))), "2023-02", r"column 'pickup_zone' holds String, expected integer zone IDs"),
-    "fractional zone IDs": (lambda d, t: _parquet(_set(t, "DOLocationID", pc.add(pc.cast(t["DOLocationID"], pa.float64()), 0.5))), "2023-02", r"column 'dropoff_zone' holds fractional values"),
-    "zone IDs out of range": (lambda d, t: _parquet(_set(t, "PULocationID", pc.add(t["PULocationID"], 1000))), "2023-02", rf"no usable trips: all {N} rows failed checks: pickup_zone_out_of_range {N} \(pickup_zone: expected zone ID in 1\.\.265\)"),
-    "null-typed zone column": (lambda d, t: _parquet(_set(t, "DOLocationID", pa.nulls(t.num_rows))), "2023-02", rf"all {N} rows failed checks: dropoff_zone_null {N}"),
-    "negative distances": (lambda d, t: _parquet(_set(t, "trip_distance", pc.subtract(pc.negate(t["trip_distance"]), 0.01))), "2023-02", rf"all {N} rows failed checks: distance_negative {N} \(distance: expected distance >= 0\)"),
-    "distance as text": (lambda d, t: _parquet(_set(t, "trip_distance", pc.cast(t["trip_distance"], pa.string()))), "2023-02", r"column 'distance' holds String, expected a number of miles"),
-    "all-null timestamps": (lambda d, t: _parquet(_set(t, "lpep_pickup_datetime", pa.nulls(t.num_rows, pa.timestamp("us")))), "2023-02", rf"all {N} rows failed checks: pickup_at_null {N} \(pickup_at: expected a pickup time\)"),
-    "timestamps as text": (lambda d, t: _parquet(_set(t, "lpep_dropoff_datetime", pc.cast(t["lpep_dropoff_datetime"], pa.string()))), "2023-02", r"column 'dropoff_at' holds String, expected a timestamp"),
+    "required column dropped": (
+        lambda d, t: _parquet(t.drop_columns(["DOLocationID"])),
+        "2023-02",
+        r"missing column\(s\) DOLocationID expected in green trip files",
+    ),
+    "required column renamed": (
+        lambda d, t: _parquet(_rename(t, "lpep_pickup_datetime", "pickup_time")),
+        "2023-02",
+        r"missing column\(s\) lpep_pickup_datetime expected .*found: .*pickup_time",
+    ),
+    "zone IDs as strings": (
+        lambda d, t: _parquet(_set(t, "PULocationID", pc.cast(t["PULocationID"], pa.string()))),
+        "2023-02",
+        r"column 'pickup_zone' holds String, expected integer zone IDs",
+    ),
+    "fractional zone IDs": (
+        lambda d, t: _parquet(_set(t, "DOLocationID", pc.add(pc.cast(t["DOLocationID"], pa.float64()), 0.5))),
+        "2023-02",
+        r"column 'dropoff_zone' holds fractional values",
+    ),
+    "zone IDs out of range": (
+        lambda d, t: _parquet(_set(t, "PULocationID", pc.add(t["PULocationID"], 1000))),
+        "2023-02",
+        rf"no usable trips: all {N} rows failed checks: pickup_zone_out_of_range {N} \(pickup_zone: expected zone ID in 1\.\.265\)",
+    ),
+    "null-typed zone column": (
+        lambda d, t: _parquet(_set(t, "DOLocationID", pa.nulls(t.num_rows))),
+        "2023-02",
+        rf"all {N} rows failed checks: dropoff_zone_null {N}",
+    ),
+    "negative distances": (
+        lambda d, t: _parquet(_set(t, "trip_distance", pc.subtract(pc.negate(t["trip_distance"]), 0.01))),
+        "2023-02",
+        rf"all {N} rows failed checks: distance_negative {N} \(distance: expected distance >= 0\)",
+    ),
+    "distance as text": (
+        lambda d, t: _parquet(_set(t, "trip_distance", pc.cast(t["trip_distance"], pa.string()))),
+        "2023-02",
+        r"column 'distance' holds String, expected a number of miles",
+    ),
+    "all-null timestamps": (
+        lambda d, t: _parquet(_set(t, "lpep_pickup_datetime", pa.nulls(t.num_rows, pa.timestamp("us")))),
+        "2023-02",
+        rf"all {N} rows failed checks: pickup_at_null {N} \(pickup_at: expected a pickup time\)",
+    ),
+    "timestamps as text": (
+        lambda d, t: _parquet(_set(t, "lpep_dropoff_datetime", pc.cast(t["lpep_dropoff_datetime"], pa.string()))),
+        "2023-02",
+        r"column 'dropoff_at' holds String, expected a timestamp",
+    ),
     "dropoff before pickup": (
         lambda d, t: _parquet(_set(_set(t, "lpep_pickup_datetime", t["lpep_dropoff_datetime"]), "lpep_dropoff_datetime", t["lpep_pickup_datetime"])),
-        "2023-02", _swapped_timestamps_message,
+        "2023-02",
+        _swapped_timestamps_message,
     ),
     "every trip over an hour": (
         lambda d, t: _parquet(_set(t, "lpep_dropoff_datetime", pc.add(t["lpep_pickup_datetime"], pa.scalar(7_200_000_000, pa.duration("us"))))),
-        "2023-02", rf"all {N} rows failed checks: duration_out_of_range {N} \(duration_min: expected duration 1\.\.60 min\)",
+        "2023-02",
+        rf"all {N} rows failed checks: duration_out_of_range {N} \(duration_min: expected duration 1\.\.60 min\)",
     ),
     "duplicate columns": (lambda d, t: _parquet(_with_duplicate_zone(t)), "2023-02", r"column\(s\) PULocationID appear more than once"),
-    "wrong month in the name": (lambda d, t: (d / REAL).read_bytes(), "2023-05", r"named for 2023-05 but only 0\.0% of its pickups fall in that month \(most are in 2023-02\)"),
-    "yellow file under a green name": (lambda d, t: None, "2023-02", r"missing column\(s\) lpep_pickup_datetime, lpep_dropoff_datetime expected in green trip files \(found: VendorID, tpep_pickup_datetime"),
-    "another table entirely": (lambda d, t: _parquet(pacsv.read_csv(d / "taxi_zone_lookup.csv")), "2023-02", r"missing column\(s\) lpep_pickup_datetime, .* expected in green trip files \(found: LocationID, Borough, Zone, service_zone\)"),
+    "wrong month in the name": (
+        lambda d, t: (d / REAL).read_bytes(),
+        "2023-05",
+        r"named for 2023-05 but only 0\.0% of its pickups fall in that month \(most are in 2023-02\)",
+    ),
+    "yellow file under a green name": (
+        lambda d, t: None,
+        "2023-02",
+        r"missing column\(s\) lpep_pickup_datetime, lpep_dropoff_datetime expected in green trip files \(found: VendorID, tpep_pickup_datetime",
+    ),
+    "another table entirely": (
+        lambda d, t: _parquet(pacsv.read_csv(d / "taxi_zone_lookup.csv")),
+        "2023-02",
+        r"missing column\(s\) lpep_pickup_datetime, .* expected in green trip files \(found: LocationID, Borough, Zone, service_zone\)",
+    ),
 }
 
 
@@ -110,8 +168,17 @@ def test_bad_month_is_refused(case, run_taxiflow, tlc_dir, tmp_path, state_dir, 
 
     with file_server(tmp_path / "site") as base_url:
         result = run_taxiflow(
-            "train", "--source", "tlc", "--tlc-base-url", base_url, "--model", "linear",
-            "--train-month", "2023-01", "--val-month", month,
+            "train",
+            "--source",
+            "tlc",
+            "--tlc-base-url",
+            base_url,
+            "--model",
+            "linear",
+            "--train-month",
+            "2023-01",
+            "--val-month",
+            month,
             env={"TAXIFLOW_DOWNLOAD_RETRIES": "0"},
         )
     assert result.returncode == 1, result.stderr[-2000:]

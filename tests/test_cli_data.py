@@ -26,11 +26,14 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "taxiflow-test-key", "AWS_SECRET_ACCESS_KEY": "ta
 
 
 def test_fetch_reports_failures_and_caches_only_intact_months(run_taxiflow, tlc_dir, tmp_path, state_dir):
-    plan = FaultPlan({
-        "green_tripdata_2023-01.parquet": ["503", "truncate"],
-        "green_tripdata_2023-02.parquet": ["always500"],
-        "green_tripdata_2023-03.parquet": ["reset", "stall"],
-    }, stall_s=3.0)
+    plan = FaultPlan(
+        {
+            "green_tripdata_2023-01.parquet": ["503", "truncate"],
+            "green_tripdata_2023-02.parquet": ["always500"],
+            "green_tripdata_2023-03.parquet": ["reset", "stall"],
+        },
+        stall_s=3.0,
+    )
     env = {"TAXIFLOW_DOWNLOAD_BACKOFF_S": "0.05", "TAXIFLOW_DOWNLOAD_TIMEOUT_S": "1", "TAXIFLOW_DOWNLOAD_RETRIES": "3"}
     with faulty_file_server(stage_tlc_tree(tlc_dir, tmp_path / "site"), plan) as base_url:
         result = run_taxiflow("data", "fetch", "--taxi", "green", "--months", "2023-01..2023-03", "--tlc-base-url", base_url, env=env, server=False)
@@ -87,7 +90,7 @@ def test_two_fetch_processes_at_once_download_each_month_once(tlc_dir, tmp_path,
                 except subprocess.TimeoutExpired:
                     p.kill()
                     outputs.append(p.communicate())
-    for p, (out, err) in zip(procs, outputs):
+    for p, (out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
         assert "ok      green 2023-01: 68,211 rows" in out and "ok      green 2023-02: 64,809 rows" in out
     assert trickle.hits == {name: 1 for name in names}, "the process that waited must find the month cached"
@@ -104,14 +107,18 @@ def test_training_from_an_s3_bucket_through_prefect_aws_blocks(run_taxiflow, tlc
         for month in ("2023-01", "2023-02"):
             s3.upload_file(str(tlc_dir / f"green_tripdata_{month}.parquet"), "taxi-data", f"trip-data/green_tripdata_{month}.parquet")
 
-        saved = run_taxiflow("data", "s3-blocks", "--bucket", "taxi-data", "--folder", "trip-data", "--endpoint-url", endpoint, "--block", "taxi-data", env=S3_ENV)
+        saved = run_taxiflow(
+            "data", "s3-blocks", "--bucket", "taxi-data", "--folder", "trip-data", "--endpoint-url", endpoint, "--block", "taxi-data", env=S3_ENV
+        )
         assert saved.returncode == 0, saved.stderr[-2000:]
         # The secret is stored as a secret: the API never returns it in the clear.
         docs = httpx.post(f"{prefect_api}/block_documents/filter", json={"block_documents": {"name": {"any_": ["taxi-aws"]}}}).json()
         assert docs and S3_ENV["AWS_SECRET_ACCESS_KEY"] not in json.dumps(docs)
 
         # Training needs no AWS variables: credentials come from the blocks.
-        result = run_taxiflow("train", "--source", "s3", "--s3-block", "taxi-data", "--model", "linear", "--train-month", "2023-01", "--val-month", "2023-02", "--json")
+        result = run_taxiflow(
+            "train", "--source", "s3", "--s3-block", "taxi-data", "--model", "linear", "--train-month", "2023-01", "--val-month", "2023-02", "--json"
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert (result.json()["rows_train"], result.json()["rows_val"]) == (65_946, 62_574)
         assert "s3://taxi-data/trip-data/green_tripdata_2023-01.parquet" in result.stderr
@@ -127,7 +134,24 @@ def test_every_trip_type_trains_through_the_same_path(run_taxiflow, tlc_dir, tmp
     data_dir = tmp_path / "data"
     for month in ("2023-01", "2023-02"):
         green_as(taxi, tlc_dir / f"green_tripdata_{month}.parquet", data_dir / f"{taxi}_tripdata_{month}.parquet")
-    result = run_taxiflow("train", "--taxi", taxi, "--features", features, "--model", "linear", "--train-month", "2023-01", "--val-month", "2023-02", "--data-dir", str(data_dir), "--source", "local", "--json")
+    result = run_taxiflow(
+        "train",
+        "--taxi",
+        taxi,
+        "--features",
+        features,
+        "--model",
+        "linear",
+        "--train-month",
+        "2023-01",
+        "--val-month",
+        "2023-02",
+        "--data-dir",
+        str(data_dir),
+        "--source",
+        "local",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = result.json()
     assert (summary["rows_train"], summary["rows_val"]) == (65_946, 62_574)
@@ -150,7 +174,9 @@ def _window_drops(path: Path, first_day: str, after_last_day: str) -> dict[str, 
 
 
 def test_drop_counts_reach_mlflow_and_a_prefect_table(run_taxiflow, tlc_dir, state_dir, prefect_api):
-    result = run_taxiflow("train", "--model", "linear", "--train-month", "2023-01", "--val-month", "2023-02", "--data-dir", str(tlc_dir), "--month-window-days", "1", "--json")
+    result = run_taxiflow(
+        "train", "--model", "linear", "--train-month", "2023-01", "--val-month", "2023-02", "--data-dir", str(tlc_dir), "--month-window-days", "1", "--json"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = result.json()
     # Expected counts computed here from the files (window: each month +- 1 day); 68,211 / 64,809
@@ -168,7 +194,9 @@ def test_drop_counts_reach_mlflow_and_a_prefect_table(run_taxiflow, tlc_dir, sta
     assert run.data.metrics["dropped_train_duration_out_of_range"] == train_ref["duration_out_of_range"]
     assert run.data.metrics["dropped_train_pickup_outside_month"] == train_ref["pickup_outside_month"]
     flow_run_id = run.data.tags["taxiflow.prefect_flow_run_id"]
-    artifacts = httpx.post(f"{prefect_api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": ["data-quality"]}}}).json()
+    artifacts = httpx.post(
+        f"{prefect_api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": ["data-quality"]}}}
+    ).json()
     assert len(artifacts) == 1 and artifacts[0]["type"] == "table"
     rows = json.loads(artifacts[0]["data"])
     by_key = {(r["split"], r["reason"]): r["rows"] for r in rows}

@@ -168,12 +168,16 @@ def test_two_concurrent_runs_leave_the_better_model_champion(tlc_dir, tmp_path, 
     runs = [
         subprocess.Popen(
             [str(VENV_BIN / "taxiflow"), "train", *PAIR, "--data-dir", str(tlc_dir), "--tracking-uri", tracking, *extra, "--json"],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for extra in (WORSE, LINEAR)
     ]
     outputs = [run.communicate(timeout=600) for run in runs]
-    for run, (_, stderr) in zip(runs, outputs):
+    for run, (_, stderr) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, stderr[-3000:]
     worse, linear = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
     # Whichever committed first, the gate ran one after the other: the better model is champion.
@@ -202,7 +206,11 @@ def test_a_run_killed_during_registration_moves_no_alias(run_taxiflow, tlc_dir, 
         env = base_env(TAXIFLOW_STATE_DIR=str(tmp_path / "state"), PREFECT_API_URL=prefect_api)
         process = subprocess.Popen(
             [str(VENV_BIN / "taxiflow"), "train", *PAIR, *BETTER, "--data-dir", str(tlc_dir), "--tracking-uri", proxy_url],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             assert reached.wait(300), "the run never reached registration"
@@ -225,8 +233,19 @@ def test_notifications_reach_a_webhook_and_an_smtp_server_and_a_broken_receiver_
             run_taxiflow("notify", "webhook", "--name", "ops-hook", "--allow-private-urls", env={"TAXIFLOW_WEBHOOK_URL": hook.url(f"/services/{token}")}),
             run_taxiflow("notify", "webhook", "--name", "ops-broken", "--allow-private-urls", env={"TAXIFLOW_WEBHOOK_URL": broken.url(f"/services/{token}")}),
             run_taxiflow(
-                "notify", "email", "--name", "ops-mail", "--server", "127.0.0.1", "--port", str(smtp.port), "--username", "bot",
-                "--smtp-type", "INSECURE", env={"TAXIFLOW_SMTP_PASSWORD": password},
+                "notify",
+                "email",
+                "--name",
+                "ops-mail",
+                "--server",
+                "127.0.0.1",
+                "--port",
+                str(smtp.port),
+                "--username",
+                "bot",
+                "--smtp-type",
+                "INSECURE",
+                env={"TAXIFLOW_SMTP_PASSWORD": password},
             ),
         ]
         for result in saved:

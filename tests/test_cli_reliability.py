@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
-import time
 
 import httpx
 import pytest
@@ -37,7 +36,7 @@ def test_two_concurrent_first_runs_on_a_fresh_state_dir_both_register(tlc_dir, t
     cmd = [str(VENV_BIN / "taxiflow"), *TRAIN, "--data-dir", str(tlc_dir), "--json"]
     runs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=600) for run in runs]
-    for run, (_, stderr) in zip(runs, outputs):
+    for run, (_, stderr) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, stderr[-3000:]
     versions = sorted(registered_versions(tmp_path / "state"))
     assert versions == ["1", "2"]
@@ -74,7 +73,10 @@ def test_an_unusable_sqlite_location_fails_before_any_data_is_read(run_taxiflow,
 def test_an_invalid_model_name_fails_before_any_data_is_read(run_taxiflow, tlc_dir, state_dir):
     result = run_taxiflow(*TRAIN, "--data-dir", str(tlc_dir), "--model-name", "team/duration", timeout=120)
     assert result.returncode == 1
-    assert "taxiflow: error: model name 'team/duration' is not valid in MLflow: Invalid model name 'team/duration'. Names cannot contain '/' or ':'." in result.stderr
+    assert (
+        "taxiflow: error: model name 'team/duration' is not valid in MLflow: Invalid model name 'team/duration'. Names cannot contain '/' or ':'."
+        in result.stderr
+    )
     assert "Flow run" not in result.stderr
 
 

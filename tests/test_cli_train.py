@@ -74,7 +74,20 @@ def test_2021_months_against_a_prefect_server_with_report(run_taxiflow, tlc_dir,
     assert flow_run["parameters"]["train_month"] == "2021-01"
     task_runs = httpx.post(f"{prefect_api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
     names = [t["name"] for t in task_runs]
-    for stage in ("check_tracking_store", "get-green-2021-01", "prepare-2021-02", "build-features", "fit_model", "evaluate_model", "log_model_run", "register_model_version", "evaluate_gate", "publish_evaluation_report", "publish_report", "commit_with_decision"):
+    for stage in (
+        "check_tracking_store",
+        "get-green-2021-01",
+        "prepare-2021-02",
+        "build-features",
+        "fit_model",
+        "evaluate_model",
+        "log_model_run",
+        "register_model_version",
+        "evaluate_gate",
+        "publish_evaluation_report",
+        "publish_report",
+        "commit_with_decision",
+    ):
         assert any(n.startswith(stage) for n in names), (stage, names)
     artifacts = httpx.post(
         f"{prefect_api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": ["duration-model-report"]}}}
@@ -93,14 +106,23 @@ def test_2021_months_against_a_prefect_server_with_report(run_taxiflow, tlc_dir,
 def test_linear_model_equals_the_course_linear_regression(run_taxiflow, tlc_dir, train_month, val_month, features, collapse_flag):
     """Same RMSE and intercept as pandas + DictVectorizer + LinearRegression on the same files (issue 10)."""
     result = run_taxiflow(
-        "train", "--model", "linear", "--features", features, "--train-month", train_month, "--val-month", val_month,
-        "--data-dir", str(tlc_dir), *collapse_flag, "--json",
+        "train",
+        "--model",
+        "linear",
+        "--features",
+        features,
+        "--train-month",
+        train_month,
+        "--val-month",
+        val_month,
+        "--data-dir",
+        str(tlc_dir),
+        *collapse_flag,
+        "--json",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = result.json()
-    course = course_linear_regression(
-        tlc_dir / f"green_tripdata_{train_month}.parquet", tlc_dir / f"green_tripdata_{val_month}.parquet", features.split(",")
-    )
+    course = course_linear_regression(tlc_dir / f"green_tripdata_{train_month}.parquet", tlc_dir / f"green_tripdata_{val_month}.parquet", features.split(","))
     assert summary["n_features"] == course.n_features
     assert summary["rmse"] == pytest.approx(course.rmse, abs=1e-4)
     assert summary["intercept"] == pytest.approx(course.intercept, abs=1e-4)
@@ -109,8 +131,22 @@ def test_linear_model_equals_the_course_linear_regression(run_taxiflow, tlc_dir,
 def test_linear_model_and_homework_features_against_an_mlflow_server(run_taxiflow, tlc_dir, tmp_path):
     with mlflow_server(tmp_path / "mlflow") as tracking_uri:
         result = run_taxiflow(
-            "train", "--model", "linear", "--features", "pu,do", "--train-month", "2023-01", "--val-month", "2023-02",
-            "--data-dir", str(tlc_dir), "--tracking-uri", tracking_uri, "--experiment", "homework", "--json",
+            "train",
+            "--model",
+            "linear",
+            "--features",
+            "pu,do",
+            "--train-month",
+            "2023-01",
+            "--val-month",
+            "2023-02",
+            "--data-dir",
+            str(tlc_dir),
+            "--tracking-uri",
+            tracking_uri,
+            "--experiment",
+            "homework",
+            "--json",
         )
         assert result.returncode == 0, result.stderr[-3000:]
         summary = result.json()
@@ -133,8 +169,18 @@ def test_months_missing_locally_are_downloaded(run_taxiflow, tlc_dir, tmp_path, 
     data_dir = tmp_path / "data"
     with file_server(stage_tlc_tree(tlc_dir, tmp_path / "site")) as base_url:
         result = run_taxiflow(
-            "train", "--model", "linear", "--train-month", "2023-01", "--val-month", "2023-02",
-            "--data-dir", str(data_dir), "--tlc-base-url", base_url, "--json",
+            "train",
+            "--model",
+            "linear",
+            "--train-month",
+            "2023-01",
+            "--val-month",
+            "2023-02",
+            "--data-dir",
+            str(data_dir),
+            "--tlc-base-url",
+            base_url,
+            "--json",
         )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.json()["rows_train"] == 65_946
@@ -145,8 +191,20 @@ def test_months_missing_locally_are_downloaded(run_taxiflow, tlc_dir, tmp_path, 
 
 def test_xgboost_parameters_are_overridable(run_taxiflow, tlc_dir, state_dir):
     result = run_taxiflow(
-        "train", "--train-month", "2023-01", "--val-month", "2023-02", "--data-dir", str(tlc_dir),
-        "--max-depth", "6", "--num-boost-round", "15", "--learning-rate", "0.3", "--json",
+        "train",
+        "--train-month",
+        "2023-01",
+        "--val-month",
+        "2023-02",
+        "--data-dir",
+        str(tlc_dir),
+        "--max-depth",
+        "6",
+        "--num-boost-round",
+        "15",
+        "--learning-rate",
+        "0.3",
+        "--json",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = result.json()
@@ -167,16 +225,44 @@ def _bad_parquet(tlc_dir, data_dir, month, transform):
 @pytest.mark.parametrize(
     "case, args, message, exit_code",
     [
-        ("wrong order", ["--train-month", "2023-02", "--val-month", "2023-01"], r"val_month \(2023-01\) must be after train_month \(2023-02\)", 2),
-        ("wrong format", ["--train-month", "2023-1", "--val-month", "2023-02"], r"train_month: expected a month as YYYY-MM .*got '2023-1'", 2),
-        ("unknown feature", ["--train-month", "2023-01", "--val-month", "2023-02", "--features", "pu_do,zone"], r"unknown feature\(s\) zone", 2),
-        ("bad parameter", ["--train-month", "2023-01", "--val-month", "2023-02", "--max-depth", "0"], r"max_depth must be >= 1", 2),
+        ("wrong order", ["--train-month", "2023-02", "--val-month", "2023-01"], r"--val-month \(2023-01\) must be after --train-month \(2023-02\)", 2),
+        (
+            "wrong format",
+            ["--train-month", "2023-1", "--val-month", "2023-02"],
+            r"--train-month: expected a month as YYYY-MM \(e\.g\. 2023-01\), got '2023-1'",
+            2,
+        ),
+        (
+            "unknown feature",
+            ["--train-month", "2023-01", "--val-month", "2023-02", "--features", "pu_do,zone"],
+            r"--features: expected one of pu_do, pu, do or distance, got 'zone'",
+            2,
+        ),
+        (
+            "bad parameter",
+            ["--train-month", "2023-01", "--val-month", "2023-02", "--max-depth", "0"],
+            r"--max-depth: expected an integer in 1\.\.64, got '0'",
+            2,
+        ),
+        # The flow's bound (it caps max_depth at 64): the same limit, refused before Prefect starts.
+        (
+            "beyond the flow's bound",
+            ["--train-month", "2023-01", "--val-month", "2023-02", "--max-depth", "100"],
+            r"--max-depth: expected an integer in 1\.\.64, got '100'",
+            2,
+        ),
+        (
+            "not a number",
+            ["--train-month", "2023-01", "--val-month", "2023-02", "--learning-rate", "fast"],
+            r"--learning-rate: expected a number > 0 and <= 1, got 'fast'",
+            2,
+        ),
     ],
 )
 def test_bad_arguments_fail_before_any_work(run_taxiflow, state_dir, case, args, message, exit_code):
     result = run_taxiflow("train", *args)
     assert result.returncode == exit_code
-    assert re.search(message, result.stderr), result.stderr[-2000:]
+    assert re.fullmatch("taxiflow: error: " + message + r".*\n", result.stderr), "one line naming the option: " + result.stderr[-2000:]
     assert not state_dir.exists(), "refused before touching any state: no tracking store, no cache"
 
 
@@ -194,10 +280,33 @@ def test_unpublished_month(run_taxiflow, tlc_dir, tmp_path, state_dir):
 @pytest.mark.parametrize(
     "case, make_file, message",
     [
-        ("not parquet", lambda d, t: (d / "green_tripdata_2023-02.parquet").write_text("<html>404 Not Found</html>"), r"green_tripdata_2023-02\.parquet: not a readable parquet file"),
-        ("missing column", lambda d, t: _bad_parquet(t, d, "2023-02", lambda tb: tb.drop_columns(["lpep_dropoff_datetime"])), r"green_tripdata_2023-02\.parquet: missing column\(s\) lpep_dropoff_datetime"),
-        ("no rows left", lambda d, t: _bad_parquet(t, d, "2023-02", lambda tb: tb.set_column(tb.schema.get_field_index("lpep_dropoff_datetime"), "lpep_dropoff_datetime", tb["lpep_pickup_datetime"])), r"green_tripdata_2023-02\.parquet: no usable trips: all 64,809 rows failed checks: duration_out_of_range 64,809"),
-        ("zone IDs as text", lambda d, t: _bad_parquet(t, d, "2023-02", lambda tb: tb.set_column(tb.schema.get_field_index("PULocationID"), "PULocationID", pc.cast(tb["PULocationID"], "string"))), r"green_tripdata_2023-02\.parquet: column 'pickup_zone' holds String, expected integer zone IDs"),
+        (
+            "not parquet",
+            lambda d, t: (d / "green_tripdata_2023-02.parquet").write_text("<html>404 Not Found</html>"),
+            r"green_tripdata_2023-02\.parquet: not a readable parquet file",
+        ),
+        (
+            "missing column",
+            lambda d, t: _bad_parquet(t, d, "2023-02", lambda tb: tb.drop_columns(["lpep_dropoff_datetime"])),
+            r"green_tripdata_2023-02\.parquet: missing column\(s\) lpep_dropoff_datetime",
+        ),
+        (
+            "no rows left",
+            lambda d, t: _bad_parquet(
+                t,
+                d,
+                "2023-02",
+                lambda tb: tb.set_column(tb.schema.get_field_index("lpep_dropoff_datetime"), "lpep_dropoff_datetime", tb["lpep_pickup_datetime"]),
+            ),
+            r"green_tripdata_2023-02\.parquet: no usable trips: all 64,809 rows failed checks: duration_out_of_range 64,809",
+        ),
+        (
+            "zone IDs as text",
+            lambda d, t: _bad_parquet(
+                t, d, "2023-02", lambda tb: tb.set_column(tb.schema.get_field_index("PULocationID"), "PULocationID", pc.cast(tb["PULocationID"], "string"))
+            ),
+            r"green_tripdata_2023-02\.parquet: column 'pickup_zone' holds String, expected integer zone IDs",
+        ),
     ],
 )
 def test_bad_files(run_taxiflow, tlc_dir, tmp_path, state_dir, case, make_file, message):

@@ -89,10 +89,13 @@ class PlantedStack:
         self.state_dir = root / "state"
         ports = {name: str(free_port()) for name in ("PREFECT", "MLFLOW", "S3")}
         self.env = base_env(
-            TAXIFLOW_STATE_DIR=str(self.state_dir), TAXIFLOW_DATA_DIR=str(data_dir),
+            TAXIFLOW_STATE_DIR=str(self.state_dir),
+            TAXIFLOW_DATA_DIR=str(data_dir),
             **{f"TAXIFLOW_STACK_{name}_PORT": port for name, port in ports.items()},
             PREFECT_HOME=str(root / "cli-prefect-home"),  # what the CLI writes locally stays where it is scanned
-            AWS_ACCESS_KEY_ID=aws_key.value, AWS_SECRET_ACCESS_KEY=aws_secret.value, AWS_DEFAULT_REGION="us-east-1",
+            AWS_ACCESS_KEY_ID=aws_key.value,
+            AWS_SECRET_ACCESS_KEY=aws_secret.value,
+            AWS_DEFAULT_REGION="us-east-1",
         )
         self.mlflow_port = int(ports["MLFLOW"])
         self.api = f"http://127.0.0.1:{ports['PREFECT']}/api"
@@ -102,8 +105,13 @@ class PlantedStack:
 
     def run(self, *args: str, tool: str = "taxiflow", env: dict[str, str] | None = None, timeout: float = 300, on_start=None) -> Command:
         process = subprocess.Popen(
-            [str(VENV_BIN / tool), *args], cwd=self.root, env=dict(self.env, **(env or {})),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            [str(VENV_BIN / tool), *args],
+            cwd=self.root,
+            env=dict(self.env, **(env or {})),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         if on_start is not None:
             on_start(process.pid)
@@ -208,8 +216,20 @@ def test_planted_secrets_appear_nowhere_they_could_be_read(stack, planted, tlc_d
 
         # The worker's run and the CLI's run at the same time: the test takes as long as the slower one.
         started = stack.run(
-            "deployment", "run", "train/taxi-local-data", "-p", "train_month=2023-01", "-p", "val_month=2023-02", "-p", "model=linear",
-            "-p", f'notify=["webhook:{block}"]', tool="prefect", env=stack.pointed, timeout=120,
+            "deployment",
+            "run",
+            "train/taxi-local-data",
+            "-p",
+            "train_month=2023-01",
+            "-p",
+            "val_month=2023-02",
+            "-p",
+            "model=linear",
+            "-p",
+            f'notify=["webhook:{block}"]',
+            tool="prefect",
+            env=stack.pointed,
+            timeout=120,
         )
         assert started.returncode == 0, shown(started.stdout + started.stderr)
         deployment_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1)
@@ -217,8 +237,24 @@ def test_planted_secrets_appear_nowhere_they_could_be_read(stack, planted, tlc_d
         # The server ignores the userinfo (MLflow's client sends it as Basic auth; the server has no auth).
         assert MlflowClient(tracking_uri).search_experiments(max_results=1) is not None
         train = stack.run(
-            "train", "--train-month", "2023-01", "--val-month", "2023-02", "--model", "linear", "--source", "local", "--data-dir", str(tlc_dir),
-            "--tracking-uri", tracking_uri, "--notify", f"webhook:{block}", env=stack.pointed, timeout=600, on_start=lambda pid: ps.exempt(pid, password.label),
+            "train",
+            "--train-month",
+            "2023-01",
+            "--val-month",
+            "2023-02",
+            "--model",
+            "linear",
+            "--source",
+            "local",
+            "--data-dir",
+            str(tlc_dir),
+            "--tracking-uri",
+            tracking_uri,
+            "--notify",
+            f"webhook:{block}",
+            env=stack.pointed,
+            timeout=600,
+            on_start=lambda pid: ps.exempt(pid, password.label),
         )
         assert train.returncode == 0, shown(train.stdout[-3000:] + train.stderr[-3000:])
         cli_run_id = re.search(r"MLflow run ([0-9a-f]{32}) in (\S+)", train.stdout)

@@ -7,13 +7,11 @@ import json
 import os
 import sys
 
+from taxiflow.cli_requests import add_request_options, option_names, request_values
 from taxiflow.core.errors import InvalidArgumentError, TaxiflowError
-from taxiflow.core.features import DEFAULT_FEATURES, parse_features, required_columns
-from taxiflow.core.months import parse_month_pair, parse_month_range
-from taxiflow.core.promotion import POLICIES
-from taxiflow.core.schema import TAXI_TYPES, check_fields_available
-from taxiflow.core.training import MODEL_KINDS, XGBoostParams
-from taxiflow.io.notifications import parse_target
+from taxiflow.core.months import parse_month_range
+from taxiflow.core.request import TrainRequest, validated_request
+from taxiflow.core.schema import TAXI_TYPES
 from taxiflow.jobs.notify import add_notify_parser, run_notify_command
 
 # Defaults a user's environment can override. Telemetry calls fail offline and only add noise.
@@ -25,51 +23,21 @@ _DEFAULT_ENV = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
-_XGB_OPTIONS = {
-    "learning_rate": float,
-    "max_depth": int,
-    "min_child_weight": float,
-    "reg_alpha": float,
-    "reg_lambda": float,
-    "seed": int,
-    "num_boost_round": int,
-    "early_stopping_rounds": int,
-}
+_FLOW_STARTED = False  # an error after this came from inside a flow run: its traceback is in Prefect's logs
+
+# Options spelled differently from their request field (kept from earlier releases).
+TRAIN_OPTION_NAMES = {"experiment_name": "--experiment", "promotion_reason": "--reason", "collapse_duplicates": "--no-collapse-duplicates"}
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taxiflow", description="NYC taxi trip-duration training pipeline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and full tracebacks (default: taxiflow's messages only)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train, evaluate and register a model (one Prefect flow run)")
-    train.add_argument("--taxi", choices=TAXI_TYPES, default="green")
-    train.add_argument("--train-month", required=True, help="YYYY-MM")
-    train.add_argument("--val-month", required=True, help="YYYY-MM, after --train-month")
-    train.add_argument("--data-dir", help="directory of TLC-named parquet files (default: ./data, or TAXIFLOW_DATA_DIR)")
-    train.add_argument(
-        "--source", choices=("auto", "local", "tlc", "s3"), default="auto",
-        help="auto: the data dir, else download from the TLC; local: data dir only; tlc / s3: always from there (cached)",
-    )
-    train.add_argument("--s3-block", help="prefect-aws S3Bucket block for --source s3 (default taxi-data)")
-    train.add_argument("--month-window-days", type=int, help="drop trips whose pickup is outside the file's month by more than N days (default: off, as the course)")
-    train.add_argument("--model", choices=MODEL_KINDS, default="xgboost")
-    train.add_argument("--features", default=",".join(DEFAULT_FEATURES), help="comma list of pu_do, pu, do, distance")
-    train.add_argument("--min-count", type=int, default=1, help="drop one-hot categories seen fewer times in training")
-    train.add_argument(
-        "--no-collapse-duplicates", dest="collapse_duplicates", action="store_false",
-        help="fit on every row instead of one weighted row per distinct feature input (same model, slower)",
-    )
-    for name, kind in _XGB_OPTIONS.items():
-        train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"XGBoost {name} (default {getattr(XGBoostParams(), name)})")
+    add_request_options(train, TrainRequest, TRAIN_OPTION_NAMES, required=("train_month", "val_month"))
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the state dir)")
-    train.add_argument("--experiment", help="MLflow experiment (default nyc-taxi-experiment)")
-    train.add_argument("--model-name", help="registered model name (default nyc-taxi-duration)")
-    train.add_argument("--tlc-base-url", help="where to download months missing from the data dir")
-    train.add_argument("--promote", choices=POLICIES, default="auto", help="auto: champion only if better on the validation month; never; force (with --reason)")
-    train.add_argument("--promotion-margin", type=float, default=0.0, help="minutes of RMSE the challenger must beat the champion by (default 0: any improvement; a tie keeps the champion)")
-    train.add_argument("--reason", help="why (recorded on the version; required with --promote force)")
     train.add_argument("--require-promotion", action="store_true", help="exit 3 when the run completes but its model does not become champion (promote auto)")
-    train.add_argument("--notify", action="append", metavar="TARGET", help="webhook:<block> or email:<block>:<to>; repeatable (default: TAXIFLOW_NOTIFY_TARGETS)")
     train.add_argument("--json", action="store_true", help="print one JSON object with the run's summary")
 
     models = sub.add_parser("models", help="the registered model's versions and its champion").add_subparsers(dest="models_command", required=True)
@@ -104,11 +72,15 @@ def _build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--endpoint-url", help="S3-protocol endpoint (e.g. a local moto server)")
     blocks.add_argument("--block", default="taxi-data", help="S3Bucket block name")
 
-    stack = sub.add_parser("stack", help="the local platform: Prefect server + worker, MLflow server, S3 server").add_subparsers(dest="stack_command", required=True)
+    stack = sub.add_parser("stack", help="the local platform: Prefect server + worker, MLflow server, S3 server").add_subparsers(
+        dest="stack_command", required=True
+    )
     up = stack.add_parser("up", help="start what isn't running (idempotent), create blocks and the work pool, start a worker")
     up.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite", help="metadata database of both servers")
     up.add_argument("--artifacts", choices=("local", "s3"), default="local", help="where the MLflow server keeps artifacts")
-    up.add_argument("--upload", metavar="TAXI:MONTHS", action="append", default=[], help="upload months from the data dir to the bucket, e.g. green:2023-01..2023-02")
+    up.add_argument(
+        "--upload", metavar="TAXI:MONTHS", action="append", default=[], help="upload months from the data dir to the bucket, e.g. green:2023-01..2023-02"
+    )
     stack.add_parser("status", help="what is up, where, and what is unhealthy (exit 1 if anything is)")
     stack.add_parser("down", help="stop exactly the processes `up` started, worker first")
     stack.add_parser("env", help="print shell exports pointing the CLI and Prefect at the stack")
@@ -130,8 +102,10 @@ def _stack(args: argparse.Namespace) -> int:
                 raise InvalidArgumentError(f"--upload: expected TAXI:MONTHS like green:2023-01..2023-02, got {spec!r}")
             uploads += [(taxi, str(m)) for m in parse_month_range(months, argument="--upload")]
         state = stack_up(settings, db=args.db, artifacts=args.artifacts, upload=uploads)
-        print(f"\nPrefect UI:  {state.urls['prefect_ui']}\nMLflow UI:   {state.urls['mlflow']}\nS3 endpoint: {state.urls['s3']} (bucket {settings.stack_bucket})")
-        print("Point your shell at it: eval \"$(taxiflow stack env)\"   then: taxiflow deploy")
+        print(
+            f"\nPrefect UI:  {state.urls['prefect_ui']}\nMLflow UI:   {state.urls['mlflow']}\nS3 endpoint: {state.urls['s3']} (bucket {settings.stack_bucket})"
+        )
+        print('Point your shell at it: eval "$(taxiflow stack env)"   then: taxiflow deploy')
         return 0
     if args.stack_command == "down":
         stack_down(settings)
@@ -174,8 +148,8 @@ def _reuse_running_stack() -> None:
     """Without PREFECT_API_URL, use the local stack's Prefect server if it is up (saves Prefect's ~10-15 s temporary server)."""
     if "PREFECT_API_URL" in os.environ:
         return
-    from taxiflow.platform.stack import StackState
     from taxiflow.platform.processes import is_healthy
+    from taxiflow.platform.stack import StackState
     from taxiflow.settings import load_settings
 
     state = StackState.load(load_settings().stack_dir() / "stack.json")
@@ -185,36 +159,26 @@ def _reuse_running_stack() -> None:
         print(f"taxiflow: using the running stack's Prefect server at {state.urls['prefect_api']}", file=sys.stderr)
 
 
-def _check_tracking_store(args: argparse.Namespace) -> None:
+def _check_tracking_store(request: TrainRequest) -> None:
     """Fail in seconds on a tracking store registration could not use, before Prefect starts (the flow checks again: deployments)."""
     from taxiflow.io.tracking import TrackingStore
     from taxiflow.settings import load_settings
 
     settings = load_settings()
-    store = TrackingStore(settings.resolved_tracking_uri(), args.experiment or settings.experiment_name, local_artifact_root=settings.local_artifact_root())
-    store.preflight(args.model_name or settings.model_name)
+    store = TrackingStore(
+        settings.resolved_tracking_uri(), request.experiment_name or settings.experiment_name, local_artifact_root=settings.local_artifact_root()
+    )
+    store.preflight(request.model_name or settings.model_name)
 
 
 def _train(args: argparse.Namespace) -> int:
     # Validate everything the user typed before paying for Prefect's start-up.
-    parse_month_pair(args.train_month, args.val_month)
-    features = parse_features(args.features)
-    check_fields_available(args.taxi, required_columns(features), what="--features")
-    if args.min_count < 1:
-        raise InvalidArgumentError(f"--min-count must be >= 1, got {args.min_count}")
-    overrides = {name: getattr(args, name) for name in _XGB_OPTIONS}
-    XGBoostParams().with_overrides(**overrides)
-    if not 0 <= args.promotion_margin <= 60:
-        raise InvalidArgumentError(f"--promotion-margin must be between 0 and 60 minutes, got {args.promotion_margin}")
-    if args.promote == "force" and not (args.reason or "").strip():
-        raise InvalidArgumentError("--promote force needs --reason: who is forcing it and why")
-    for target in args.notify or []:
-        parse_target(target)
+    request = validated_request(TrainRequest, request_values(args, TrainRequest), option_names=option_names(TrainRequest, TRAIN_OPTION_NAMES))
     if args.tracking_uri:
         # Passed by environment, not as a flow parameter: URIs can carry credentials.
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
 
-    _check_tracking_store(args)
+    _check_tracking_store(request)
     _reuse_running_stack()
     if "PREFECT_API_URL" not in os.environ:
         from taxiflow.io.prefect_database import ensure_local_prefect_database
@@ -222,32 +186,14 @@ def _train(args: argparse.Namespace) -> int:
         ensure_local_prefect_database()
     from taxiflow.flows.train import train
 
-    summary = train(
-        taxi=args.taxi,
-        train_month=args.train_month,
-        val_month=args.val_month,
-        data_dir=args.data_dir,
-        source=args.source,
-        s3_block=args.s3_block,
-        month_window_days=args.month_window_days,
-        model=args.model,
-        features=list(features),
-        min_count=args.min_count,
-        collapse_duplicates=args.collapse_duplicates,
-        experiment_name=args.experiment,
-        model_name=args.model_name,
-        tlc_base_url=args.tlc_base_url,
-        promote=args.promote,
-        promotion_margin=args.promotion_margin,
-        promotion_reason=args.reason,
-        notify=args.notify,
-        **overrides,
-    )
+    global _FLOW_STARTED
+    _FLOW_STARTED = True
+    summary = train(**request.model_dump(exclude_unset=True))
     if args.json:
         print(json.dumps(summary))
     else:
         print(_describe(summary))
-    if args.require_promotion and args.promote == "auto" and not summary["promoted"]:
+    if args.require_promotion and request.promote == "auto" and not summary["promoted"]:
         print(f"taxiflow: v{summary['model_version']} was not promoted ({summary['gate']}): {summary['decision_reason']}", file=sys.stderr)
         return 3
     return 0
@@ -283,7 +229,14 @@ def _models(args: argparse.Namespace) -> int:
         from taxiflow.jobs.notify import send_event
 
         send_event(
-            LifecycleEvent(kind="promoted", model_name=model_name, challenger_version=outcome.champion, champion_version=outcome.previous, gate="forced", gate_reason=outcome.text),
+            LifecycleEvent(
+                kind="promoted",
+                model_name=model_name,
+                challenger_version=outcome.champion,
+                champion_version=outcome.previous,
+                gate="forced",
+                gate_reason=outcome.text,
+            ),
             settings.notify_targets.split(),
         )
     return 0
@@ -362,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("taxiflow").addHandler(handler)
     logging.getLogger("taxiflow").setLevel(logging.INFO)
     args = _build_parser().parse_args(argv)
+    if not args.verbose and "PREFECT_LOGGING_CONFIG_PATH" not in os.environ:
+        from taxiflow.console import quiet_mlflow_console, quiet_prefect_console
+
+        quiet_prefect_console()
+        quiet_mlflow_console()
     try:
         if args.command == "train":
             return _train(args)
@@ -379,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"taxiflow: error: {exc}", file=sys.stderr)
         return 2
     except TaxiflowError as exc:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        elif _FLOW_STARTED:
+            print("taxiflow: the run failed; its full log, traceback included, is in the Prefect UI (or rerun with -v)", file=sys.stderr)
         print(f"taxiflow: error: {exc}", file=sys.stderr)
         return 1
     return 2

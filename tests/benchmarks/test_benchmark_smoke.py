@@ -65,7 +65,7 @@ def test_quick_benchmark_reports_every_stage_of_both_pipelines(tmp_path, tlc_dir
     row = re.search(r"^\| \*\*total \(sum of stages\)\*\* \| \*\*([\d.]+)\*\* \| \*\*([\d.]+)\*\* \| \*\*([\d.]+)x\*\* \|$", text, re.M)
     assert row, text
     course_total, taxiflow_total = runs["course"]["total_s"], runs["taxiflow"]["total_s"]
-    for printed, value in zip(row.groups(), (course_total, taxiflow_total, course_total / taxiflow_total)):
+    for printed, value in zip(row.groups(), (course_total, taxiflow_total, course_total / taxiflow_total), strict=True):
         decimals = len(printed.partition(".")[2])
         assert abs(float(printed) - value) <= 0.5 * 10**-decimals + 1e-9, (printed, value)
     png = (out / "stages.png").read_bytes()

@@ -90,7 +90,7 @@ def test_band_edges_belong_to_the_band_above():
     # Plain loop over the 7 bands: [lo, hi) membership, written out.
     upper = [*DISTANCE_BANDS[1:], math.inf]
     expected = []
-    for label, lo, hi in zip(LABELS, DISTANCE_BANDS, upper):
+    for label, lo, hi in zip(LABELS, DISTANCE_BANDS, upper, strict=True):
         members = [i for i, d in enumerate(distance) if lo <= d < hi]
         if members:
             errors = [y_pred[i] - y_true[i] for i in members]
@@ -126,8 +126,8 @@ def test_zone_boroughs_from_the_real_lookup(lookup):
     zones = zone_boroughs_from_lookup(lookup["LocationID"].to_numpy(), lookup["Borough"].tolist(), source="lookup.csv")
     assert zones.names[0] == UNKNOWN_BOROUGH
     assert sorted(zones.names) == sorted(set(lookup["Borough"]))  # the lookup's own "Unknown" (264) shares code 0
-    expected = dict(zip(lookup["LocationID"], lookup["Borough"]))
-    got = dict(zip(range(1, 266), (zones.names[c] for c in zones.borough_codes(np.arange(1, 266)))))
+    expected = dict(zip(lookup["LocationID"], lookup["Borough"], strict=True))
+    got = dict(zip(range(1, 266), (zones.names[c] for c in zones.borough_codes(np.arange(1, 266))), strict=True))
     assert got == expected
     assert [zones.borough_of(z) for z in (0, 266, 70_000, -1)] == [UNKNOWN_BOROUGH] * 4
 
@@ -138,7 +138,7 @@ def test_rmse_by_borough_matches_pandas_with_unknown_zones(month, lookup):
     # IDs the lookup doesn't list (prepared months hold only 1..265): they must count as Unknown.
     frame.loc[frame.index[:40], PICKUP_ZONE] = 0
     frame.loc[frame.index[40:70], PICKUP_ZONE] = 999
-    borough = frame[PICKUP_ZONE].map(dict(zip(lookup["LocationID"], lookup["Borough"]))).fillna(UNKNOWN_BOROUGH)
+    borough = frame[PICKUP_ZONE].map(dict(zip(lookup["LocationID"], lookup["Borough"], strict=True))).fillna(UNKNOWN_BOROUGH)
     ref = _reference(frame, borough, "pred_zone").reset_index()
     ref = ref.sort_values(["trips", "group"], ascending=[False, True])
 
@@ -163,16 +163,14 @@ def test_rmse_by_borough_refuses_non_integer_zones(month, lookup):
     "edit, message",
     [
         (lambda f: f.iloc[:0], r"lookup\.csv: holds no zones \(0 rows\)"),
-        (lambda f: f.assign(LocationID=f["LocationID"].replace(6, 5)),
-         r"lookup\.csv: column 'LocationID' lists zone\(s\) 5 more than once; expected each zone once"),
-        (lambda f: f.assign(Borough=f["Borough"].replace("EWR", " ")),
-         r"lookup\.csv: column 'Borough' is empty for LocationID 1; expected a borough name"),
-        (lambda f: f.iloc[:200],
-         r"lookup\.csv: no row for LocationID 201, 202, 203, 204, 205 \(\+60 more\) \(truncated\?\); expected every zone 1\.\.265"),
-        (lambda f: f.assign(LocationID=f["LocationID"].replace(7, -7)),
-         r"lookup\.csv: column 'LocationID' holds -7, expected zone IDs in 0\.\.65535"),
-        (lambda f: f.assign(LocationID=f["LocationID"].astype(float)),
-         r"lookup\.csv: column 'LocationID' holds float64 values, expected integer zone IDs"),
+        (
+            lambda f: f.assign(LocationID=f["LocationID"].replace(6, 5)),
+            r"lookup\.csv: column 'LocationID' lists zone\(s\) 5 more than once; expected each zone once",
+        ),
+        (lambda f: f.assign(Borough=f["Borough"].replace("EWR", " ")), r"lookup\.csv: column 'Borough' is empty for LocationID 1; expected a borough name"),
+        (lambda f: f.iloc[:200], r"lookup\.csv: no row for LocationID 201, 202, 203, 204, 205 \(\+60 more\) \(truncated\?\); expected every zone 1\.\.265"),
+        (lambda f: f.assign(LocationID=f["LocationID"].replace(7, -7)), r"lookup\.csv: column 'LocationID' holds -7, expected zone IDs in 0\.\.65535"),
+        (lambda f: f.assign(LocationID=f["LocationID"].astype(float)), r"lookup\.csv: column 'LocationID' holds float64 values, expected integer zone IDs"),
     ],
     ids=["empty", "duplicate", "blank-borough", "truncated", "negative", "float-ids"],
 )
@@ -184,7 +182,8 @@ def test_untrustworthy_lookups_are_refused(lookup, edit, message):
 
 def test_champion_vs_challenger_on_the_same_trips(month):
     comparison = compare_by_distance_band(
-        month[DISTANCE].to_numpy(), month[DURATION].to_numpy(),
+        month[DISTANCE].to_numpy(),
+        month[DURATION].to_numpy(),
         {"champion v3": month["pred_zone"].to_numpy(), "challenger v4": month["pred_pair"].to_numpy().astype(np.float32)},
     )
     bands = _bands(month[DISTANCE])
@@ -203,8 +202,12 @@ def test_champion_vs_challenger_on_the_same_trips(month):
     # The zone pair predicts better than the pickup zone alone on a real month.
     assert overall["challenger v4"] < overall["champion v3"]
     rows = comparison.rows()
-    assert rows[1] == {"band": "1-2 mi", "trips": int(champion["trips"].iloc[1]),
-                       "rmse champion v3": comparison.rmse["champion v3"][1], "rmse challenger v4": comparison.rmse["challenger v4"][1]}
+    assert rows[1] == {
+        "band": "1-2 mi",
+        "trips": int(champion["trips"].iloc[1]),
+        "rmse champion v3": comparison.rmse["champion v3"][1],
+        "rmse challenger v4": comparison.rmse["challenger v4"][1],
+    }
 
 
 def test_comparison_needs_models_and_trips(month):

@@ -17,7 +17,7 @@ def _course_dicts(frame, features):
     # The course's row-by-row construction, used here only as the reference.
     pdf = frame.to_pandas()
     records = []
-    for pu, do, dist in zip(pdf["pickup_zone"], pdf["dropoff_zone"], pdf["distance"]):
+    for pu, do, dist in zip(pdf["pickup_zone"], pdf["dropoff_zone"], pdf["distance"], strict=True):
         row = {}
         if "pu_do" in features:
             row["PU_DO"] = f"{pu}_{do}"
@@ -82,7 +82,7 @@ def test_min_count_prunes_rare_categories(green_prepared):
     counts = frame.group_by("pickup_zone", "dropoff_zone").len()
     frequent = counts.filter(counts["len"] >= 5)
     # Exactly the pairs seen at least 5 times survive, plus the distance column.
-    expected = sorted([f"PU_DO={pu}_{do}" for pu, do in zip(frequent["pickup_zone"], frequent["dropoff_zone"])] + ["trip_distance"])
+    expected = sorted([f"PU_DO={pu}_{do}" for pu, do in zip(frequent["pickup_zone"], frequent["dropoff_zone"], strict=True)] + ["trip_distance"])
     assert list(pruned.feature_names) == expected
     assert (full.pruned, pruned.pruned) == (0, counts.filter(counts["len"] < 5).height)
 

@@ -9,8 +9,13 @@ BASE = {"taxi": "green", "train_month": "2023-01", "val_month": "2023-02", "mode
 
 def promoted(**overrides) -> LifecycleEvent:
     fields = BASE | {
-        "kind": "completed", "rmse": 5.1916, "challenger_version": "3", "champion_version": "2",
-        "champion_rmse_on_val": 5.2512, "gate": "promoted", "gate_reason": "RMSE 5.1916 beats champion v2's 5.2512 by 0.0596 (margin 0)",
+        "kind": "completed",
+        "rmse": 5.1916,
+        "challenger_version": "3",
+        "champion_version": "2",
+        "champion_rmse_on_val": 5.2512,
+        "gate": "promoted",
+        "gate_reason": "RMSE 5.1916 beats champion v2's 5.2512 by 0.0596 (margin 0)",
     }
     return LifecycleEvent(**(fields | overrides))
 
@@ -22,8 +27,11 @@ def assert_one_fact_per_line(body: str) -> None:
 
 
 def test_a_promotion_names_both_versions_and_rmses():
-    event = promoted(flow_run_name="bold-fox", flow_run_url="http://127.0.0.1:4200/runs/flow-run/abc",
-                     model_version_url="http://127.0.0.1:5000/#/models/nyc-taxi-duration/versions/3")
+    event = promoted(
+        flow_run_name="bold-fox",
+        flow_run_url="http://127.0.0.1:4200/runs/flow-run/abc",
+        model_version_url="http://127.0.0.1:5000/#/models/nyc-taxi-duration/versions/3",
+    )
     subject, body = render_message(event)
     assert subject == "taxiflow: green 2023-01->2023-02 promoted v3 (RMSE 5.19 vs champion v2 5.25)"
     assert body.splitlines() == [

@@ -30,7 +30,10 @@ def test_every_real_green_month_despite_dtype_drift(green_prepared, month):
     assert duration.min() >= 1 and duration.max() <= 60
     # Whatever the month stored (int64, int32 or double IDs), one schema comes out.
     assert {name: str(dtype) for name, dtype in prepared.frame.schema.items()} == {
-        "pickup_zone": "Int32", "dropoff_zone": "Int32", "distance": "Float64", DURATION: "Float64",
+        "pickup_zone": "Int32",
+        "dropoff_zone": "Int32",
+        "distance": "Float64",
+        DURATION: "Float64",
     }
 
 
@@ -73,7 +76,10 @@ def test_string_zone_ids_are_refused_with_file_and_column():
 def test_no_rows_left_names_the_file():
     t0 = dt.datetime(2023, 1, 1, 12)
     table = _table([t0, t0], [t0, t0 + dt.timedelta(hours=3)])
-    with pytest.raises(NoUsableRowsError, match=r"^short\.parquet: no usable trips: all 2 rows failed checks: duration_out_of_range 2 \(duration_min: expected duration 1\.\.60 min\)$"):
+    with pytest.raises(
+        NoUsableRowsError,
+        match=r"^short\.parquet: no usable trips: all 2 rows failed checks: duration_out_of_range 2 \(duration_min: expected duration 1\.\.60 min\)$",
+    ):
         prepare_trips(table, source="short.parquet")
 
 

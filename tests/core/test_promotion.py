@@ -68,7 +68,10 @@ def test_a_non_finite_challenger_never_promotes(rmse):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"policy": "sometimes"}, r"promote: expected one of auto, never, force, got 'sometimes'"), ({"margin": -0.1}, r"margin must be a finite number >= 0, got -0.1")],
+    [
+        ({"policy": "sometimes"}, r"promote: expected one of auto, never, force, got 'sometimes'"),
+        ({"margin": -0.1}, r"margin must be a finite number >= 0, got -0.1"),
+    ],
 )
 def test_bad_policy_or_margin(kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):

@@ -156,6 +156,11 @@ def test_scoring_distinct_inputs_equals_scoring_every_row(green_prepared):
     np.testing.assert_array_equal(predict_trips(model, val, vocabulary), model.predict(x_val.X))
 
 
+def _with_feature_names(tree: str, names) -> str:
+    """A tree dump with the column numbers replaced by the columns' names."""
+    return re.sub(r"\[f(\d+)<", lambda m: f"[{names[int(m.group(1))]}<", tree)
+
+
 def test_categories_xgboost_cannot_split_on_are_left_out_without_changing_the_model(green_prepared):
     """A category seen fewer than min_child_weight times can't be split on: dropping it is exact."""
     from taxiflow.core.features import build_feature_matrix, collapse_duplicate_rows, fit_vocabulary
@@ -176,8 +181,7 @@ def test_categories_xgboost_cannot_split_on_are_left_out_without_changing_the_mo
         x_train, x_val = (build_feature_matrix(collapse_duplicate_rows(f, features), vocabulary) for f in (train, val))
         model = fit_xgboost(x_train.X, x_train.y, x_val.X, x_val.y, params, weight_train=x_train.weight, weight_val=x_val.weight)
         # Trees with the column numbers replaced by the columns' names.
-        names = vocabulary.feature_names
-        trees = [re.sub(r"\[f(\d+)<", lambda m: f"[{names[int(m.group(1))]}<", tree) for tree in model.booster.get_dump()]
+        trees = [_with_feature_names(tree, vocabulary.feature_names) for tree in model.booster.get_dump()]
         predictions[min_count] = (vocabulary, predict_trips(model, val, vocabulary), trees)
     (full, full_pred, full_trees), (pruned, pruned_pred, pruned_trees) = predictions[1], predictions[2]
     # What was pruned: exactly the pairs seen once in the training month (counted independently here).

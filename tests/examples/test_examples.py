@@ -233,12 +233,18 @@ def test_retries_call_the_flaky_endpoint_until_it_answers(runs, prefect_api):
     assert task_run["name"].startswith("call-flaky-endpoint")
     assert (task_run["state_type"], task_run["run_count"]) == ("COMPLETED", 3)
     assert_state_history(
-        prefect_api, "task", task_run["id"],
+        prefect_api,
+        "task",
+        task_run["id"],
         ["Pending", "Running", "AwaitingRetry", "Retrying", "AwaitingRetry", "Retrying", "Completed"],
     )
     log_messages(
-        prefect_api, flow_run["id"],
-        "attempt 1 of 5: HTTP 503", "attempt 2 of 5: HTTP 503", "attempt 3 of 5: HTTP 200", "answered after 3 attempt(s)",
+        prefect_api,
+        flow_run["id"],
+        "attempt 1 of 5: HTTP 503",
+        "attempt 2 of 5: HTTP 503",
+        "attempt 3 of 5: HTTP 200",
+        "answered after 3 attempt(s)",
     )
 
 

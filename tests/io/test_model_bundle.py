@@ -11,7 +11,9 @@ from taxiflow.io.model_bundle import load_model_bundle, save_model_bundle
 def _data():
     X = sp.random(300, 5, density=0.6, random_state=3, format="csr", dtype=np.float32)
     y = np.asarray(X @ np.arange(5.0)).ravel() + 2.0
-    vocabulary = FeatureVocabulary(features=("pu", "distance"), feature_names=("PULocationID=1", "PULocationID=2", "PULocationID=3", "PULocationID=4", "trip_distance"))
+    vocabulary = FeatureVocabulary(
+        features=("pu", "distance"), feature_names=("PULocationID=1", "PULocationID=2", "PULocationID=3", "PULocationID=4", "trip_distance")
+    )
     return X, y, vocabulary
 
 

@@ -95,7 +95,7 @@ def test_concurrent_fetches_of_one_month_download_it_once(tlc_dir, tmp_path):
         def fetch():
             try:
                 results.append(_get(base_url, MonthCache(cache.root)))
-            except Exception as exc:  # surfaced below
+            except Exception as exc:  # noqa: BLE001 - surfaced below
                 errors.append(exc)
 
         threads = [threading.Thread(target=fetch) for _ in range(3)]
@@ -212,7 +212,9 @@ def test_a_corrupted_copy_is_not_served_when_its_source_is_unreachable(tlc_dir, 
     with faulty_file_server(stage_tlc_tree(tlc_dir, tmp_path / "site"), FaultPlan()) as base_url:
         first = _get(base_url, cache)
     _flip_middle_bytes(Path(first.path))
-    with pytest.raises(DownloadError, match=r"green 2023-01: giving up after 2 attempts: http://127\.0\.0\.1:\d+/trip-data/green_tripdata_2023-01\.parquet: ConnectError"):
+    with pytest.raises(
+        DownloadError, match=r"green 2023-01: giving up after 2 attempts: http://127\.0\.0\.1:\d+/trip-data/green_tripdata_2023-01\.parquet: ConnectError"
+    ):
         _get(base_url, cache, policy=RetryPolicy(retries=1, backoff_s=0.01))
     assert f"cached {first.path}: sha256" in caplog.text and "not using it (removed)" in caplog.text
     assert _cache_files(cache) == [], "a copy that failed verification must not stay to be trusted later"

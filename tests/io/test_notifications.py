@@ -191,7 +191,9 @@ def test_a_missing_block_and_a_malformed_target_are_reported_not_raised(prefect,
 
 def test_targets_parse_or_say_what_is_wrong():
     assert parse_target("webhook:ops-slack") == WebhookTarget("ops-slack")
-    assert parse_target(" email:ops-mail:a@example.com;b@example.org, c@localhost ") == EmailTarget("ops-mail", ("a@example.com", "b@example.org", "c@localhost"))
+    assert parse_target(" email:ops-mail:a@example.com;b@example.org, c@localhost ") == EmailTarget(
+        "ops-mail", ("a@example.com", "b@example.org", "c@localhost")
+    )
     with pytest.raises(InvalidArgumentError, match=r"empty notification target: expected webhook:<block> or email:<block>:<to>\[,<to>...\]"):
         parse_target("  ")
     with pytest.raises(InvalidArgumentError, match=r"notification target 'slack:ops': unknown kind 'slack'"):
@@ -277,8 +279,18 @@ def failing_train(taxi: str = "green", train_month: str = "2023-01", val_month: 
 @flow(name="notify-success-check")
 def succeeding_train() -> list[str]:
     """The success path: the flow sends its event itself, with a link to its run."""
-    event = LifecycleEvent(kind="completed", taxi="green", train_month="2023-01", val_month="2023-02", rmse=5.19, challenger_version="3",
-                           champion_version="2", champion_rmse_on_val=5.25, gate="promoted", flow_run_url=current_flow_run_url())
+    event = LifecycleEvent(
+        kind="completed",
+        taxi="green",
+        train_month="2023-01",
+        val_month="2023-02",
+        rmse=5.19,
+        challenger_version="3",
+        champion_version="2",
+        champion_rmse_on_val=5.25,
+        gate="promoted",
+        flow_run_url=current_flow_run_url(),
+    )
     return [str(d) for d in send_event(event)]
 
 

@@ -35,8 +35,12 @@ def month(tlc_dir):
     # Crude speed model: 2.5 min per mile plus 4 min; a different champion to compare against.
     speed = 4.0 + 2.5 * val[DISTANCE].to_numpy()
     return {
-        "distance": val[DISTANCE].to_numpy(), "zone": val[PICKUP_ZONE].to_numpy(), "y": val[DURATION].to_numpy(),
-        "pred": pred, "speed": speed, "boroughs": read_zone_boroughs(tlc_dir / "taxi_zone_lookup.csv"),
+        "distance": val[DISTANCE].to_numpy(),
+        "zone": val[PICKUP_ZONE].to_numpy(),
+        "y": val[DURATION].to_numpy(),
+        "pred": pred,
+        "speed": speed,
+        "boroughs": read_zone_boroughs(tlc_dir / "taxi_zone_lookup.csv"),
     }
 
 

@@ -14,8 +14,11 @@ CANONICAL = list(CANONICAL_FIELDS)
 # Rows per shared green file, from the shared data's README (not from the files' own metadata).
 README_ROWS = {"2021-01": 76_518, "2021-02": 64_572, "2023-01": 68_211, "2023-02": 64_809, "2023-03": 72_044, "2024-01": 56_551}
 GREEN_SOURCE_COLUMNS = {
-    "pickup_at": "lpep_pickup_datetime", "dropoff_at": "lpep_dropoff_datetime",
-    "pickup_zone": "PULocationID", "dropoff_zone": "DOLocationID", "distance": "trip_distance",
+    "pickup_at": "lpep_pickup_datetime",
+    "dropoff_at": "lpep_dropoff_datetime",
+    "pickup_zone": "PULocationID",
+    "dropoff_zone": "DOLocationID",
+    "distance": "trip_distance",
 }
 
 

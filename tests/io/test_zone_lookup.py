@@ -43,12 +43,12 @@ def _cache_files(root: Path) -> list[str]:
 def _expected_boroughs(tlc_dir: Path) -> dict[int, str]:
     # pandas, independently; keep_default_na=False keeps zone 265's literal "N/A".
     frame = pd.read_csv(tlc_dir / ZONE_LOOKUP_NAME, keep_default_na=False)
-    return dict(zip(frame["LocationID"].tolist(), frame["Borough"].tolist()))
+    return dict(zip(frame["LocationID"].tolist(), frame["Borough"].tolist(), strict=True))
 
 
 def _boroughs_of(lookup, zone_ids) -> dict[int, str]:
     codes = lookup.boroughs.borough_codes(np.asarray(zone_ids))
-    return {int(z): lookup.boroughs.names[c] for z, c in zip(zone_ids, codes)}
+    return {int(z): lookup.boroughs.names[c] for z, c in zip(zone_ids, codes, strict=True)}
 
 
 def test_url_is_under_misc_next_to_trip_data():
@@ -127,9 +127,7 @@ def _bad_bodies(real: bytes) -> dict[str, tuple[bytes, str]]:
     }
 
 
-@pytest.mark.parametrize(
-    "case", ["cut-mid-row", "cut-at-row-end", "html-page", "binary", "not-utf8", "header-only", "empty", "no-borough-column", "text-ids"]
-)
+@pytest.mark.parametrize("case", ["cut-mid-row", "cut-at-row-end", "html-page", "binary", "not-utf8", "header-only", "empty", "no-borough-column", "text-ids"])
 def test_a_bad_download_is_refused_naming_the_file_and_nothing_is_cached(tlc_dir, tmp_path, case):
     body, problem = _bad_bodies((tlc_dir / ZONE_LOOKUP_NAME).read_bytes())[case]
     site = _site(tlc_dir, tmp_path / "site", lookup=body)

@@ -28,8 +28,15 @@ SERVICE = (
 
 def _start(tmp_path: Path) -> tuple[ServiceProcess, int]:
     pid_file = tmp_path / "helper.pid"
-    service = start_service("demo", [sys.executable, "-c", SERVICE, str(pid_file)], env=dict(os.environ), log=tmp_path / "demo.log",
-                            port=None, health_url=None, marker=str(pid_file))
+    service = start_service(
+        "demo",
+        [sys.executable, "-c", SERVICE, str(pid_file)],
+        env=dict(os.environ),
+        log=tmp_path / "demo.log",
+        port=None,
+        health_url=None,
+        marker=str(pid_file),
+    )
     helper = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), timeout_s=30, what="the service to start its helper"))
     return service, helper
 
@@ -77,8 +84,19 @@ def test_a_recycled_pid_or_a_stranger_is_never_stopped(tmp_path, cleanup):
         proc = read_proc(stranger.pid)
         cleanup(proc)
         # As if our service had had this PID (and session) before: only its start time tells them apart.
-        recycled = ServiceProcess("demo", stranger.pid, None, None, str(tmp_path / "demo.log"), time.time(), marker="sleep",
-                                  pgid=stranger.pid, sid=stranger.pid, start_ticks=proc.start - 1, token="not-its-token")
+        recycled = ServiceProcess(
+            "demo",
+            stranger.pid,
+            None,
+            None,
+            str(tmp_path / "demo.log"),
+            time.time(),
+            marker="sleep",
+            pgid=stranger.pid,
+            sid=stranger.pid,
+            start_ticks=proc.start - 1,
+            token="not-its-token",
+        )
         assert not is_running(recycled)
         assert process_tree(recycled) == {}
         assert stop_service(recycled, timeout_s=1) is False

@@ -32,8 +32,11 @@ class Stack:
     def __init__(self, root: Path, data_dir: Path):
         self.root = root
         self.env = base_env(
-            TAXIFLOW_STATE_DIR=str(root / "state"), TAXIFLOW_DATA_DIR=str(data_dir),
-            TAXIFLOW_STACK_PREFECT_PORT=str(free_port()), TAXIFLOW_STACK_MLFLOW_PORT=str(free_port()), TAXIFLOW_STACK_S3_PORT=str(free_port()),
+            TAXIFLOW_STATE_DIR=str(root / "state"),
+            TAXIFLOW_DATA_DIR=str(data_dir),
+            TAXIFLOW_STACK_PREFECT_PORT=str(free_port()),
+            TAXIFLOW_STACK_MLFLOW_PORT=str(free_port()),
+            TAXIFLOW_STACK_S3_PORT=str(free_port()),
         )
         self.api = f"http://127.0.0.1:{self.env['TAXIFLOW_STACK_PREFECT_PORT']}/api"
         self.mlflow = f"http://127.0.0.1:{self.env['TAXIFLOW_STACK_MLFLOW_PORT']}"
@@ -73,8 +76,9 @@ class Stack:
         return httpx.get(f"{self.api}/flow_runs/{run_id}", timeout=10).json()
 
     def wait(self, run_id: str, timeout_s: float = 240) -> dict:
-        return wait_for(lambda: (run := self.flow_run(run_id))["state"]["type"] in TERMINAL and run,
-                        timeout_s=timeout_s, interval_s=1, what=f"flow run {run_id} to finish")
+        return wait_for(
+            lambda: (run := self.flow_run(run_id))["state"]["type"] in TERMINAL and run, timeout_s=timeout_s, interval_s=1, what=f"flow run {run_id} to finish"
+        )
 
     def wait_for_task(self, run_id: str, task: str, timeout_s: float = 180) -> None:
         """Until the run's `task` is running: the flow-run process is then deep in its work."""
@@ -96,8 +100,9 @@ class Stack:
     def model_versions(self) -> dict[int, str]:
         """Registered versions of the model -> the Prefect flow run that trained each (from its MLflow run's tag)."""
         client = MlflowClient(self.mlflow)
-        return {int(v.version): client.get_run(v.run_id).data.tags.get("taxiflow.prefect_flow_run_id", "")
-                for v in client.search_model_versions(f"name='{MODEL}'")}
+        return {
+            int(v.version): client.get_run(v.run_id).data.tags.get("taxiflow.prefect_flow_run_id", "") for v in client.search_model_versions(f"name='{MODEL}'")
+        }
 
     def new_versions(self, before: dict[int, str]) -> dict[int, str]:
         return {v: run for v, run in self.model_versions().items() if v not in before}
@@ -177,8 +182,12 @@ def test_deploy_registers_the_three_deployments_with_a_schedule(running_stack):
 def test_schedule_creates_scheduled_runs(deployed_stack):
     stack = deployed_stack
     query = {"deployments": {"id": {"any_": [stack.deployment_ids()["taxi-monthly"]]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}
-    runs = wait_for(lambda: httpx.post(f"{stack.api}/flow_runs/filter", json=query, timeout=10).json(), timeout_s=90, interval_s=2,
-                    what="the scheduler to create runs of taxi-monthly")
+    runs = wait_for(
+        lambda: httpx.post(f"{stack.api}/flow_runs/filter", json=query, timeout=10).json(),
+        timeout_s=90,
+        interval_s=2,
+        what="the scheduler to create runs of taxi-monthly",
+    )
     for run in runs:
         start = run["expected_start_time"]
         assert re.match(r"\d{4}-\d{2}-03T1[34]:00:00", start), start  # 09:00 in New York, EST or EDT
@@ -195,7 +204,9 @@ def test_local_deployment_run_by_the_worker_registers_a_model_and_a_report(deplo
     assert list(new.values()) == [run_id], f"exactly one new version, trained by this run: {new}"
     version = MlflowClient(stack.mlflow).get_model_version(MODEL, str(next(iter(new))))
     assert version.tags["train_month"] == "2023-01"
-    artifacts = httpx.post(f"{stack.api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["duration-model-report"]}}}).json()
+    artifacts = httpx.post(
+        f"{stack.api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["duration-model-report"]}}}
+    ).json()
     assert len(artifacts) == 1 and "Validation RMSE" in artifacts[0]["data"]
 
 
@@ -260,7 +271,10 @@ def test_a_taken_port_is_a_clear_error(tmp_path):
         other.env["TAXIFLOW_STACK_PREFECT_PORT"] = str(port)
         result = other.run("stack", "up")
     assert result.returncode == 1
-    assert f"taxiflow: error: prefect: port {port} on 127.0.0.1 is already in use by another process; stop it or choose another port (TAXIFLOW_STACK_PREFECT_PORT)" in result.stderr
+    assert (
+        f"taxiflow: error: prefect: port {port} on 127.0.0.1 is already in use by another process; stop it or choose another port (TAXIFLOW_STACK_PREFECT_PORT)"
+        in result.stderr
+    )
     assert not (tmp_path / "state" / "stack" / "stack.json").exists() or not json.loads((tmp_path / "state" / "stack" / "stack.json").read_text())["services"]
 
 

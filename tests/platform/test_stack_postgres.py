@@ -19,7 +19,9 @@ pytestmark = pytest.mark.servers
 
 
 def _psql(port: str, database: str, sql: str) -> str:
-    return subprocess.run(["psql", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", database, "-tAc", sql], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-d", database, "-tAc", sql], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_postgres_backs_prefect_and_mlflow_and_artifacts_land_in_the_bucket(tmp_path, tlc_dir):
@@ -33,8 +35,17 @@ def test_postgres_backs_prefect_and_mlflow_and_artifacts_land_in_the_bucket(tmp_
         assert set(stack.state()["services"]) == {"postgres", "s3", "mlflow", "prefect", "worker"}
         assert stack.run("stack", "status").returncode == 0
 
-        trained = stack.run("train", "--model", "linear", "--train-month", "2023-01", "--val-month", "2023-02", "--json",
-                            extra_env={"PREFECT_API_URL": stack.api, "MLFLOW_TRACKING_URI": stack.mlflow})
+        trained = stack.run(
+            "train",
+            "--model",
+            "linear",
+            "--train-month",
+            "2023-01",
+            "--val-month",
+            "2023-02",
+            "--json",
+            extra_env={"PREFECT_API_URL": stack.api, "MLFLOW_TRACKING_URI": stack.mlflow},
+        )
         assert trained.returncode == 0, trained.stderr[-3000:]
         assert [v.version for v in MlflowClient(stack.mlflow).search_model_versions("name='nyc-taxi-duration'")] == ["1"]
         # The rows live in PostgreSQL, not in a SQLite file.
@@ -42,8 +53,13 @@ def test_postgres_backs_prefect_and_mlflow_and_artifacts_land_in_the_bucket(tmp_
         assert int(_psql(port, "prefect", "SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'")) >= 1
         assert not (tmp_path / "state" / "stack" / "mlflow.db").exists()
         # The model's files are objects in the bucket, not files on the server's disk.
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{stack.env['TAXIFLOW_STACK_S3_PORT']}", region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")  # moto's server accepts any key
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{stack.env['TAXIFLOW_STACK_S3_PORT']}",
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )  # moto's server accepts any key
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="taxi-data", Prefix="mlflow-artifacts/").get("Contents", [])]
         assert any(k.endswith("/MLmodel") for k in keys) and any(k.endswith("vocabulary.json") for k in keys), keys
         assert not (tmp_path / "state" / "stack" / "mlartifacts").exists()

@@ -170,7 +170,7 @@ class CmdlineWatch:
             self.samples += 1
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "CmdlineWatch":
+    def __enter__(self) -> CmdlineWatch:
         self._thread.start()
         return self
 

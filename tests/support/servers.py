@@ -80,8 +80,18 @@ def mlflow_server(root: Path) -> Iterator[str]:
     port = free_port()
     env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     cmd = [
-        str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow-server.db'}", "--artifacts-destination", str(root / "artifacts"),
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow-server.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
     ]
     with running_process(cmd, f"http://127.0.0.1:{port}/health", root / "mlflow-server.log", env):
         yield f"http://127.0.0.1:{port}"
@@ -93,7 +103,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def file_server(directory: Path, handler: type[http.server.BaseHTTPRequestHandler] = _QuietHandler) -> Iterator[str]:
+def file_server(directory: Path, handler: type[http.server.SimpleHTTPRequestHandler] = _QuietHandler) -> Iterator[str]:
     """Serve `directory` over HTTP (the TLC's CDN, locally)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
     server.daemon_threads = True

@@ -7,8 +7,8 @@ add up to the rows lost. A file whose rows all fail is refused as a whole (see p
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import polars as pl
 
@@ -48,17 +48,13 @@ def _in_month_window(ctx: CheckContext) -> pl.Expr | None:
     return (pl.col(PICKUP_AT) >= start) & (pl.col(PICKUP_AT) < end)
 
 
-
-
 def _microseconds_to_minutes(microseconds: pl.Series) -> pl.Series:
     # As pandas' `total_seconds() / 60` rounds: two IEEE divisions in numpy. Polars' division by a
     # constant differs by an ulp on ~8% of trips, and least squares on one-hot pairs amplifies that.
     return pl.Series(microseconds.to_numpy() / 1e6 / 60, nan_to_null=True)
 
 
-DURATION_MINUTES = (
-    (pl.col(DROPOFF_AT) - pl.col(PICKUP_AT)).dt.total_microseconds().map_batches(_microseconds_to_minutes, return_dtype=pl.Float64)
-)
+DURATION_MINUTES = (pl.col(DROPOFF_AT) - pl.col(PICKUP_AT)).dt.total_microseconds().map_batches(_microseconds_to_minutes, return_dtype=pl.Float64)
 
 ROW_CHECKS: tuple[RowCheck, ...] = (
     RowCheck("pickup_at_null", PICKUP_AT, "a pickup time", lambda ctx: pl.col(PICKUP_AT).is_not_null()),
@@ -72,7 +68,9 @@ ROW_CHECKS: tuple[RowCheck, ...] = (
     RowCheck("dropoff_before_pickup", DROPOFF_AT, "dropoff at or after pickup", lambda ctx: pl.col(DROPOFF_AT) >= pl.col(PICKUP_AT)),
     RowCheck("pickup_outside_month", PICKUP_AT, "pickup within the file's month (± window)", _in_month_window),
     RowCheck(
-        "duration_out_of_range", DURATION, f"duration {MIN_DURATION_MIN:g}..{MAX_DURATION_MIN:g} min",
+        "duration_out_of_range",
+        DURATION,
+        f"duration {MIN_DURATION_MIN:g}..{MAX_DURATION_MIN:g} min",
         lambda ctx: DURATION_MINUTES.is_between(MIN_DURATION_MIN, MAX_DURATION_MIN),
     ),
 )

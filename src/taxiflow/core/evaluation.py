@@ -80,14 +80,12 @@ def zone_boroughs_from_lookup(location_ids: Sequence[int] | np.ndarray, boroughs
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise DataFileError(f"{source}: column 'LocationID' lists zone(s) {_sample(unique[counts > 1])} more than once; expected each zone once")
-    blank = [int(i) for i, b in zip(ids.tolist(), names) if b is None or not str(b).strip()]
+    blank = [int(i) for i, b in zip(ids.tolist(), names, strict=True) if b is None or not str(b).strip()]
     if blank:
         raise DataFileError(f"{source}: column 'Borough' is empty for LocationID {_sample(np.array(blank))}; expected a borough name")
     missing = np.setdiff1d(np.arange(MIN_ZONE, MAX_ZONE + 1), ids)
     if missing.size:
-        raise DataFileError(
-            f"{source}: no row for LocationID {_sample(missing)} (truncated?); expected every zone {MIN_ZONE}..{MAX_ZONE} trips can hold"
-        )
+        raise DataFileError(f"{source}: no row for LocationID {_sample(missing)} (truncated?); expected every zone {MIN_ZONE}..{MAX_ZONE} trips can hold")
     labels = [str(b).strip() for b in names]
     table_names = (UNKNOWN_BOROUGH, *sorted(set(labels) - {UNKNOWN_BOROUGH}))
     index = {name: code for code, name in enumerate(table_names)}
@@ -116,9 +114,7 @@ def distance_band_index(distance) -> np.ndarray:
     miles = _as_float64("distance", distance, None)
     bad = ~(miles >= 0)  # NaN compares false
     if bad.any():
-        raise InvalidArgumentError(
-            f"distance: {int(bad.sum()):,} value(s) are NaN or negative (e.g. {miles[bad][0]}); expected miles >= 0"
-        )
+        raise InvalidArgumentError(f"distance: {int(bad.sum()):,} value(s) are NaN or negative (e.g. {miles[bad][0]}); expected miles >= 0")
     return np.digitize(miles, DISTANCE_BANDS[1:])
 
 
@@ -152,10 +148,15 @@ def rmse_by_distance_band(distance, y_true, y_pred) -> list[dict]:
     rows = []
     for b in np.flatnonzero(sums.trips):  # at most 7 bands
         n = int(sums.trips[b])
-        rows.append({
-            "band": DISTANCE_BAND_LABELS[b], "trips": n, "rmse": float(np.sqrt(sums.sse[b] / n)),
-            "mae": float(sums.sae[b] / n), "mean_minutes": float(sums.sum_true[b] / n),
-        })
+        rows.append(
+            {
+                "band": DISTANCE_BAND_LABELS[b],
+                "trips": n,
+                "rmse": float(np.sqrt(sums.sse[b] / n)),
+                "mae": float(sums.sae[b] / n),
+                "mean_minutes": float(sums.sum_true[b] / n),
+            }
+        )
     return rows
 
 
@@ -172,8 +173,10 @@ def rmse_by_borough(pickup_zone, y_true, y_pred, zone_boroughs: ZoneBoroughs) ->
     order = sorted(present.tolist(), key=lambda c: (-int(sums.trips[c]), zone_boroughs.names[c]))
     return [
         {
-            "borough": zone_boroughs.names[c], "trips": int(sums.trips[c]),
-            "rmse": float(np.sqrt(sums.sse[c] / sums.trips[c])), "mae": float(sums.sae[c] / sums.trips[c]),
+            "borough": zone_boroughs.names[c],
+            "trips": int(sums.trips[c]),
+            "rmse": float(np.sqrt(sums.sse[c] / sums.trips[c])),
+            "mae": float(sums.sae[c] / sums.trips[c]),
         }
         for c in order
     ]
@@ -192,7 +195,7 @@ class BandComparison:
         """One row per band: `{"band", "trips", "rmse <label>": ...}` for a table."""
         return [
             {"band": band, "trips": n, **{f"rmse {label}": values[i] for label, values in self.rmse.items()}}
-            for i, (band, n) in enumerate(zip(self.bands, self.trips))
+            for i, (band, n) in enumerate(zip(self.bands, self.trips, strict=True))
         ]
 
 

@@ -9,48 +9,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from taxiflow.core.errors import InvalidArgumentError
-from taxiflow.core.schema import DISTANCE, DROPOFF_ZONE, DURATION, PICKUP_ZONE
+# The names and the columns they need live apart so argument checks import no polars.
+from taxiflow.core.feature_names import (
+    _CATEGORICAL_PREFIX,
+    _CATEGORICAL_ZONES,
+    _NUMERIC_COLUMN,
+    _NUMERIC_NAME,
+    DEFAULT_FEATURES,
+    FEATURE_NAMES,
+    FeatureName,
+    parse_features,
+    required_columns,
+)
+from taxiflow.core.schema import DISTANCE, DURATION
 
-FeatureName = Literal["pu_do", "pu", "do", "distance"]
-FEATURE_NAMES: tuple[str, ...] = ("pu_do", "pu", "do", "distance")
-DEFAULT_FEATURES: tuple[str, ...] = ("pu_do", "distance")
-
-# DictVectorizer column prefixes, as the course names its dict keys.
-_CATEGORICAL_PREFIX = {"pu_do": "PU_DO", "pu": "PULocationID", "do": "DOLocationID"}
-_NUMERIC_NAME = {"distance": "trip_distance"}
-_CATEGORICAL_ZONES = {"pu_do": (PICKUP_ZONE, DROPOFF_ZONE), "pu": (PICKUP_ZONE,), "do": (DROPOFF_ZONE,)}
-_NUMERIC_COLUMN = {"distance": DISTANCE}
-
-
-def parse_features(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """`"pu_do,distance"` or a list -> validated, de-duplicated feature names in the given order."""
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
-    items = [s for s in items if s]
-    if not items:
-        raise InvalidArgumentError(f"features: expected a comma list of {', '.join(FEATURE_NAMES)}, got nothing")
-    unknown = [s for s in items if s not in FEATURE_NAMES]
-    if unknown:
-        raise InvalidArgumentError(
-            f"features: unknown feature(s) {', '.join(unknown)}; expected a comma list of {', '.join(FEATURE_NAMES)}"
-        )
-    return tuple(dict.fromkeys(items))
-
-
-def required_columns(features: tuple[str, ...]) -> list[str]:
-    """Canonical trip columns a feature set needs (besides the timestamps used for the target)."""
-    cols: list[str] = []
-    for name in features:
-        cols.extend(_CATEGORICAL_ZONES.get(name, ()))
-        if name in _NUMERIC_COLUMN:
-            cols.append(_NUMERIC_COLUMN[name])
-    return list(dict.fromkeys(cols))
+__all__ = ["DEFAULT_FEATURES", "FEATURE_NAMES", "FeatureName", "parse_features", "required_columns"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +88,7 @@ class FeatureVocabulary:
         return json.dumps({"features": list(self.features), "feature_names": list(self.feature_names)})
 
     @classmethod
-    def from_json(cls, text: str) -> "FeatureVocabulary":
+    def from_json(cls, text: str) -> FeatureVocabulary:
         data = json.loads(text)
         return cls(features=tuple(data["features"]), feature_names=tuple(data["feature_names"]))
 
@@ -149,7 +127,7 @@ def fit_vocabulary(frame: pl.DataFrame, features: tuple[str, ...], *, min_count:
             zones, counts = _category_counts(frame, list(_CATEGORICAL_ZONES[feature]))
             keep = counts >= min_count
             pruned += int((~keep).sum())
-            labels = ["_".join(map(str, combo)) for combo in zip(*(z[keep].tolist() for z in zones))]
+            labels = ["_".join(map(str, combo)) for combo in zip(*(z[keep].tolist() for z in zones), strict=True)]
             names.extend(f"{_CATEGORICAL_PREFIX[feature]}={label}" for label in labels)
         else:
             names.append(_NUMERIC_NAME[feature])
@@ -159,6 +137,12 @@ def fit_vocabulary(frame: pl.DataFrame, features: tuple[str, ...], *, min_count:
 
 WEIGHT = "weight"
 _KEY_ZONE_BITS = 16  # a packed row key holds each zone ID in 16 bits and the distance's float32 in 32
+
+
+def _within(column: pl.Series, low: int, high: int) -> bool:
+    """Every value of a numeric column without nulls is in [low, high)."""
+    lo, hi = column.min(), column.max()
+    return isinstance(lo, int | float) and isinstance(hi, int | float) and low <= lo and hi < high
 
 
 def _packed_row_key(frame: pl.DataFrame, keys: list[str]) -> pl.Series | None:
@@ -174,7 +158,7 @@ def _packed_row_key(frame: pl.DataFrame, keys: list[str]) -> pl.Series | None:
         return None
     if frame.select(pl.sum_horizontal(pl.col(keys).null_count())).item():
         return None
-    if not all(0 <= frame[z].min() and frame[z].max() < 1 << _KEY_ZONE_BITS for z in zones):
+    if not all(_within(frame[z], 0, 1 << _KEY_ZONE_BITS) for z in zones):
         return None
     key = pl.lit(0, dtype=pl.UInt64)
     for z in zones:
@@ -230,6 +214,13 @@ class FeatureMatrix:
     X: sp.csr_matrix
     y: np.ndarray | None
     weight: np.ndarray | None = None
+
+    @property
+    def target(self) -> np.ndarray:
+        """`y`, for a fit: a matrix built from rows without durations has none."""
+        if self.y is None:
+            raise ValueError(f"no target: the rows had no {DURATION} column")
+        return self.y
 
 
 def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary, dtype: type[np.floating] = np.float32) -> FeatureMatrix:

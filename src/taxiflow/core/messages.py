@@ -109,9 +109,7 @@ def _subject(event: LifecycleEvent) -> str:
         return f"{prefix} {event.kind.upper()}" + (f": {error}" if error else "")
     challenger = _version(event.challenger_version)
     decision = event.gate or ("promoted" if event.kind == "promoted" else None)
-    vs_champion = (
-        f" vs champion {_version(event.champion_version)} {_rmse(event.champion_rmse_on_val, 2)}" if event.champion_version else ""
-    )
+    vs_champion = f" vs champion {_version(event.champion_version)} {_rmse(event.champion_rmse_on_val, 2)}" if event.champion_version else ""
     if decision == "promoted":
         detail = f"RMSE {_rmse(event.rmse, 2)}{vs_champion}" if event.champion_version else f"RMSE {_rmse(event.rmse, 2)}, first champion"
         return f"{prefix} promoted {challenger} ({detail})"

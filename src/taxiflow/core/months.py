@@ -16,7 +16,7 @@ class Month:
     month: int
 
     @classmethod
-    def parse(cls, text: str, *, argument: str = "month") -> "Month":
+    def parse(cls, text: str, *, argument: str = "month") -> Month:
         match = _MONTH_RE.match(text.strip()) if isinstance(text, str) else None
         if not match:
             raise InvalidArgumentError(f"{argument}: expected a month as YYYY-MM (e.g. 2023-01), got {text!r}")
@@ -31,7 +31,7 @@ class Month:
     def __str__(self) -> str:
         return f"{self.year:04d}-{self.month:02d}"
 
-    def shift(self, months: int) -> "Month":
+    def shift(self, months: int) -> Month:
         index = self.year * 12 + (self.month - 1) + months
         return Month(index // 12, index % 12 + 1)
 
@@ -42,8 +42,7 @@ def parse_month_pair(train_month: str, val_month: str) -> tuple[Month, Month]:
     val = Month.parse(val_month, argument="val_month")
     if val <= train:
         raise InvalidArgumentError(
-            f"val_month ({val}) must be after train_month ({train}): "
-            "a model is validated on data from after the period it was trained on"
+            f"val_month ({val}) must be after train_month ({train}): a model is validated on data from after the period it was trained on"
         )
     return train, val
 

@@ -62,12 +62,11 @@ def _check_named_month(frame: pl.DataFrame, month: Month, source: str) -> None:
     if pickups.len() == 0:
         return
     start, end = month_bounds(month, margin_days=1)
-    share = ((pickups >= start) & (pickups < end)).mean()
-    if share < _NAMED_MONTH_MIN_SHARE:
+    share = ((pickups >= start) & (pickups < end)).mean()  # a float: the column is boolean and not empty
+    if isinstance(share, float) and share < _NAMED_MONTH_MIN_SHARE:
         typical = pickups.dt.strftime("%Y-%m").mode().sort()[0]
         raise DataFileError(
-            f"{source}: named for {month} but only {share:.1%} of its pickups fall in that month "
-            f"(most are in {typical}); expected a file of {month} trips"
+            f"{source}: named for {month} but only {share:.1%} of its pickups fall in that month (most are in {typical}); expected a file of {month} trips"
         )
 
 
@@ -88,7 +87,10 @@ def prepare_trips(
     `month` (the file's month) enables the mislabelled-file check and, with `month_window_days`,
     the pickup-window contract.
     """
-    frame = _coerce(pl.from_arrow(table, rechunk=False), source)
+    decoded = pl.from_arrow(table, rechunk=False)
+    if not isinstance(decoded, pl.DataFrame):  # a table always decodes to a frame (an array would give a Series)
+        raise TypeError(f"{source}: expected a pyarrow Table, got {type(table).__name__}")
+    frame = _coerce(decoded, source)
     rows_read = frame.height
     if rows_read == 0:
         raise DataFileError(f"{source}: holds no trips (0 rows)")
@@ -101,13 +103,9 @@ def prepare_trips(
         # Reasons are computed only for the (few) dropped rows.
         reasons = frame.filter(~valid).select(first_failed_reason(checks).alias("reason"))["reason"].value_counts()
         order = {check.reason: i for i, (check, _) in enumerate(checks)}
-        dropped = dict(sorted(zip(reasons["reason"].to_list(), reasons["count"].to_list()), key=lambda kv: order[kv[0]]))
+        dropped = dict(sorted(zip(reasons["reason"].to_list(), reasons["count"].to_list(), strict=True), key=lambda kv: order[kv[0]]))
     # Duration first, timestamps dropped, then one filter: it copies four columns, not five.
-    kept = (
-        frame.with_columns(DURATION_MINUTES.alias(DURATION))
-        .drop(PICKUP_AT, DROPOFF_AT)
-        .filter(valid)
-    )
+    kept = frame.with_columns(DURATION_MINUTES.alias(DURATION)).drop(PICKUP_AT, DROPOFF_AT).filter(valid)
     if kept.height == 0:
         raise NoUsableRowsError(f"{source}: no usable trips: all {rows_read:,} rows failed checks: {describe_drops(dropped)}")
     return PreparedTrips(frame=kept, rows_read=rows_read, dropped=dropped)

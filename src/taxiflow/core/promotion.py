@@ -75,9 +75,13 @@ def decide_promotion(
         return decision("not-evaluated", False, f"champion v{version} could not be scored: {champion.error or f'RMSE {champion_rmse}'}")
     improvement = champion_rmse - challenger_rmse
     if improvement > 0 and improvement >= margin:  # at least the margin, and a tie never
-        return decision("promoted", True, f"RMSE {challenger_rmse:.4f} beats champion v{version}'s {champion_rmse:.4f} by {improvement:.4f} (margin {margin:g})")
+        return decision(
+            "promoted", True, f"RMSE {challenger_rmse:.4f} beats champion v{version}'s {champion_rmse:.4f} by {improvement:.4f} (margin {margin:g})"
+        )
     if improvement > 0:
-        return decision("kept", False, f"RMSE {challenger_rmse:.4f} beats champion v{version}'s {champion_rmse:.4f} by {improvement:.4f}, less than the margin {margin:g}")
+        return decision(
+            "kept", False, f"RMSE {challenger_rmse:.4f} beats champion v{version}'s {champion_rmse:.4f} by {improvement:.4f}, less than the margin {margin:g}"
+        )
     if improvement == 0:
         return decision("kept", False, f"RMSE {challenger_rmse:.4f} ties champion v{version}: a tie keeps the champion")
     return decision("kept", False, f"RMSE {challenger_rmse:.4f} is worse than champion v{version}'s {champion_rmse:.4f} by {-improvement:.4f}")

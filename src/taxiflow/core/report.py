@@ -28,7 +28,8 @@ def render_promotion_decision(decision: PromotionDecision, registered: Registere
         f"| champion before | {champion} | {'' if decision.champion_rmse is None else f'{decision.champion_rmse:.4f}'} |",
         "",
         f"Gate: `{decision.outcome}`, margin {decision.margin:g} min"
-        + ("" if decision.improvement is None else f", improvement {decision.improvement:+.4f} min") + ".",
+        + ("" if decision.improvement is None else f", improvement {decision.improvement:+.4f} min")
+        + ".",
     ]
     if note:
         lines += ["", note]
@@ -49,8 +50,7 @@ def render_training_report(
     lines = [
         f"# Trip duration model: {facts.taxi} {facts.train.month} → {facts.val.month}",
         "",
-        f"**Validation RMSE: {facts.rmse:.4f} min** (MAE {facts.mae:.4f} min), "
-        f"`{registered.model_name}` version **{registered.model_version}**.",
+        f"**Validation RMSE: {facts.rmse:.4f} min** (MAE {facts.mae:.4f} min), `{registered.model_name}` version **{registered.model_version}**.",
         "",
         "## Data",
         "",

@@ -48,31 +48,51 @@ class TripLayout:
             else:
                 mapping[field] = found
         if missing:
-            raise DataFileError(
-                f"{source}: missing column(s) {', '.join(missing)} expected in {self.taxi} trip files "
-                f"(found: {', '.join(available)})"
-            )
+            raise DataFileError(f"{source}: missing column(s) {', '.join(missing)} expected in {self.taxi} trip files (found: {', '.join(available)})")
         return mapping
 
 
 TRIP_LAYOUTS: dict[str, TripLayout] = {
-    "green": TripLayout("green", {
-        PICKUP_AT: ("lpep_pickup_datetime",), DROPOFF_AT: ("lpep_dropoff_datetime",),
-        PICKUP_ZONE: ("PULocationID",), DROPOFF_ZONE: ("DOLocationID",), DISTANCE: ("trip_distance",),
-    }),
-    "yellow": TripLayout("yellow", {
-        PICKUP_AT: ("tpep_pickup_datetime",), DROPOFF_AT: ("tpep_dropoff_datetime",),
-        PICKUP_ZONE: ("PULocationID",), DROPOFF_ZONE: ("DOLocationID",), DISTANCE: ("trip_distance",),
-    }),
+    "green": TripLayout(
+        "green",
+        {
+            PICKUP_AT: ("lpep_pickup_datetime",),
+            DROPOFF_AT: ("lpep_dropoff_datetime",),
+            PICKUP_ZONE: ("PULocationID",),
+            DROPOFF_ZONE: ("DOLocationID",),
+            DISTANCE: ("trip_distance",),
+        },
+    ),
+    "yellow": TripLayout(
+        "yellow",
+        {
+            PICKUP_AT: ("tpep_pickup_datetime",),
+            DROPOFF_AT: ("tpep_dropoff_datetime",),
+            PICKUP_ZONE: ("PULocationID",),
+            DROPOFF_ZONE: ("DOLocationID",),
+            DISTANCE: ("trip_distance",),
+        },
+    ),
     # FHV records carry no distance; their zone columns have been published in both spellings.
-    "fhv": TripLayout("fhv", {
-        PICKUP_AT: ("pickup_datetime",), DROPOFF_AT: ("dropOff_datetime", "dropoff_datetime"),
-        PICKUP_ZONE: ("PUlocationID", "PULocationID"), DROPOFF_ZONE: ("DOlocationID", "DOLocationID"),
-    }),
-    "fhvhv": TripLayout("fhvhv", {
-        PICKUP_AT: ("pickup_datetime",), DROPOFF_AT: ("dropoff_datetime",),
-        PICKUP_ZONE: ("PULocationID",), DROPOFF_ZONE: ("DOLocationID",), DISTANCE: ("trip_miles",),
-    }),
+    "fhv": TripLayout(
+        "fhv",
+        {
+            PICKUP_AT: ("pickup_datetime",),
+            DROPOFF_AT: ("dropOff_datetime", "dropoff_datetime"),
+            PICKUP_ZONE: ("PUlocationID", "PULocationID"),
+            DROPOFF_ZONE: ("DOlocationID", "DOLocationID"),
+        },
+    ),
+    "fhvhv": TripLayout(
+        "fhvhv",
+        {
+            PICKUP_AT: ("pickup_datetime",),
+            DROPOFF_AT: ("dropoff_datetime",),
+            PICKUP_ZONE: ("PULocationID",),
+            DROPOFF_ZONE: ("DOLocationID",),
+            DISTANCE: ("trip_miles",),
+        },
+    ),
 }
 TAXI_TYPES: tuple[str, ...] = tuple(TRIP_LAYOUTS)
 

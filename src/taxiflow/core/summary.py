@@ -82,7 +82,7 @@ class RegisteredModel:
     model_uri: str
 
 
-def training_summary(facts: TrainingFacts, registered: RegisteredModel, tracking_uri: str, decision: "PromotionDecision | None" = None) -> dict[str, object]:
+def training_summary(facts: TrainingFacts, registered: RegisteredModel, tracking_uri: str, decision: PromotionDecision | None = None) -> dict[str, object]:
     """The machine-readable summary `taxiflow train --json` prints."""
     summary: dict[str, object] = {
         "rmse": facts.rmse,

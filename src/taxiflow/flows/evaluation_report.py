@@ -63,12 +63,19 @@ def publish_evaluation_report(
         ]
         if DISTANCE in val.frame.columns:
             distance = val.frame[DISTANCE].to_numpy()
-            jobs.append(("rmse_by_distance.png", lambda p: plots.plot_rmse_by_distance_band(rmse_by_distance_band(distance, y_true, y_pred), p, title=f"{label}: RMSE by trip distance")))
+            jobs.append(
+                (
+                    "rmse_by_distance.png",
+                    lambda p: plots.plot_rmse_by_distance_band(rmse_by_distance_band(distance, y_true, y_pred), p, title=f"{label}: RMSE by trip distance"),
+                )
+            )
             if gate.champion_predictions is not None:
                 comparison = compare_by_distance_band(
                     distance, y_true, {f"champion v{gate.decision.champion_version}": gate.champion_predictions, f"challenger {label}": y_pred}
                 )
-                jobs.append(("champion_vs_challenger.png", lambda p: plots.plot_model_comparison(comparison, p, title="Champion vs challenger on the same trips")))
+                jobs.append(
+                    ("champion_vs_challenger.png", lambda p: plots.plot_model_comparison(comparison, p, title="Champion vs challenger on the same trips"))
+                )
         if zones is not None:
             rows = rmse_by_borough(val.frame[PICKUP_ZONE].to_numpy(), y_true, y_pred, zones.boroughs)
             jobs.append(("rmse_by_borough.png", lambda p: plots.plot_rmse_by_borough(rows, p, title=f"{label}: RMSE by pickup borough")))

@@ -124,7 +124,9 @@ def commit_with_decision(store: TrackingStore, registry: ModelRegistry, register
     """
     decision, version = gate.decision, registered.model_version
     registry.set_tags(version, gate_tags(decision, val_month))
-    metrics = {} if decision.improvement is None else {"champion_rmse_on_val": decision.champion_rmse, "rmse_improvement": decision.improvement}
+    metrics: dict[str, float] = {}
+    if decision.champion_rmse is not None and decision.improvement is not None:  # both or neither: no champion, no comparison
+        metrics = {"champion_rmse_on_val": decision.champion_rmse, "rmse_improvement": decision.improvement}
     store.log_metrics(registered.run_id, metrics)
     store.commit(registered)
     if decision.promote:
@@ -136,6 +138,9 @@ def commit_with_decision(store: TrackingStore, registry: ModelRegistry, register
     except Exception as exc:  # noqa: BLE001 - after the commit point: report, don't fail
         logger.error("v%s is committed but its bookkeeping failed (challenger alias / run status): %s", version, exc)
     logger.info(
-        "%s v%s committed: %s%s", registered.model_name, version, decision.outcome,
+        "%s v%s committed: %s%s",
+        registered.model_name,
+        version,
+        decision.outcome,
         " (now champion)" if decision.promote else f" (champion stays {('v' + decision.champion_version) if decision.champion_version else 'unset'})",
     )

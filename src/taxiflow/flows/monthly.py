@@ -14,7 +14,8 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from taxiflow.core.months import Month, monthly_training_months
-from taxiflow.flows.train import MonthText, SourceChoice, train
+from taxiflow.core.request import MonthText, SourceChoice
+from taxiflow.flows.train import train
 
 
 @flow(name="train-monthly")
@@ -32,11 +33,18 @@ def train_monthly(
     if run_month:
         reference = Month.parse(run_month, argument="run_month")
     else:
-        scheduled = flow_run.scheduled_start_time or dt.datetime.now(dt.timezone.utc)
+        scheduled = flow_run.scheduled_start_time or dt.datetime.now(dt.UTC)
         reference = Month(scheduled.year, scheduled.month)
     train_month, val_month = monthly_training_months(reference)
     get_run_logger().info("monthly retrain for %s: train %s, validate %s", reference, train_month, val_month)
     return train(
-        taxi=taxi, train_month=str(train_month), val_month=str(val_month), source=source, model=model, data_dir=data_dir,
-        min_count=min_count, promote=promote, promotion_margin=promotion_margin,
+        taxi=taxi,
+        train_month=str(train_month),
+        val_month=str(val_month),
+        source=source,
+        model=model,
+        data_dir=data_dir,
+        min_count=min_count,
+        promote=promote,
+        promotion_margin=promotion_margin,
     )

@@ -1,68 +1,56 @@
-"""The `train` flow: get each month -> prepare -> build features -> fit -> evaluate -> log and register -> report.
+"""The `train` flow: check the tracking store -> get each month -> prepare -> build features -> fit ->
+evaluate -> log -> register -> gate -> plots and report -> commit -> notify.
 
-Tasks here only wire `core` (pure) and `io` (side effects) together and set policy: retries for
-network steps, no input hashing for tasks that take big frames (Prefect would pickle them to hash).
+Wiring and policy only: each task is one step of `core.training_plan` (pure) or one `io` call;
+the flow's parameters are `core.request.TrainRequest`'s fields (one definition for the CLI and
+Prefect's run form). Settings are loaded once per run and passed down.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from pydantic import Field
 
-from taxiflow.core.features import (
-    FeatureMatrix,
-    FeatureVocabulary,
-    build_feature_matrix,
-    collapse_duplicate_rows,
-    fit_vocabulary,
-    parse_features,
-    required_columns,
-)
-from taxiflow.core.metrics import RegressionMetrics, regression_metrics
-from taxiflow.core.months import Month, parse_month_pair
+from taxiflow.core.features import FeatureMatrix, FeatureVocabulary, required_columns
+from taxiflow.core.messages import LifecycleEvent
+from taxiflow.core.metrics import RegressionMetrics
+from taxiflow.core.months import Month
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
 from taxiflow.core.report import render_training_report
-from taxiflow.core.schema import DROPOFF_AT, DURATION, PICKUP_AT, check_fields_available, layout_for
+from taxiflow.core.request import TrainRequest, flow_docstring, flow_signature, validated_request
+from taxiflow.core.schema import DROPOFF_AT, PICKUP_AT, layout_for
 from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, data_quality_rows, training_summary
-from taxiflow.core.training import (
-    FEATURE_DTYPE,
-    DurationModel,
-    LinearModel,
-    XGBoostModel,
-    XGBoostParams,
-    fit_linear,
-    fit_xgboost,
-    fits_collapsed_rows,
-    predict_trips,
-    vocabulary_min_count,
+from taxiflow.core.training import DurationModel
+from taxiflow.core.training_plan import (
+    TrainingPlan,
+    evaluate_duration_model,
+    fit_duration_model,
+    fit_matrix,
+    fit_plan_vocabulary,
+    plan_training,
+    training_facts,
 )
-from taxiflow.core.messages import LifecycleEvent
 from taxiflow.flows.evaluation_report import get_zone_boroughs, publish_evaluation_report
 from taxiflow.flows.lifecycle import GateResult, commit_with_decision, evaluate_gate, publish_promotion_decision
 from taxiflow.flows.worker_bond import exit_with_worker
 from taxiflow.io.failpoints import failpoint
-from taxiflow.jobs.notify import current_flow_run_url, notify_train_run_state, send_event
 from taxiflow.io.month_cache import MonthCache, TripFile
-from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
+from taxiflow.io.progress import xgboost_fit_progress
 from taxiflow.io.registry import ModelRegistry, promotion_lock
+from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
 from taxiflow.io.tracking import TrackingStore, mlflow_run_url, mlflow_version_url, redact_uri
 from taxiflow.io.trip_files import get_month_file
 from taxiflow.io.trip_tables import read_trip_table
+from taxiflow.jobs.notify import current_flow_run_url, notify_train_run_state, send_event
 from taxiflow.settings import TaxiflowSettings, load_settings
 
 REPORT_KEY = "duration-model-report"
 QUALITY_KEY = "data-quality"
-SourceChoice = Literal["auto", "local", "tlc", "s3"]
-MonthText = Annotated[str, Field(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM")]
-FeatureChoice = Literal["pu_do", "pu", "do", "distance"]
 
 
 def month_source(kind: str, settings: TaxiflowSettings, tlc_base_url: str | None, s3_block: str | None) -> MonthSource | None:
@@ -80,11 +68,8 @@ def month_source(kind: str, settings: TaxiflowSettings, tlc_base_url: str | None
 
 # Network retries (backoff, jitter, no retry on 404) happen inside the source, per download.
 @task(task_run_name="get-{taxi}-{month}", cache_policy=NO_CACHE)
-def get_month(taxi: str, month: str, source_kind: str, data_dir: str | None, tlc_base_url: str | None, s3_block: str | None) -> TripFile:
-    settings = load_settings()
-    source = month_source(source_kind, settings, tlc_base_url, s3_block)
-    local_dir = Path(data_dir) if source_kind in ("auto", "local") and data_dir else None
-    trip_file = get_month_file(taxi, month, data_dir=local_dir, source=source, cache=MonthCache(settings.cache_dir()))
+def get_month(taxi: str, month: str, source: MonthSource | None, data_dir: str | None, cache_dir: str) -> TripFile:
+    trip_file = get_month_file(taxi, month, data_dir=Path(data_dir) if data_dir else None, source=source, cache=MonthCache(Path(cache_dir)))
     get_run_logger().info("%s %s: %s (%d rows, sha256 %s…, from %s)", taxi, month, trip_file.path, trip_file.num_rows, trip_file.sha256[:12], trip_file.origin)
     return trip_file
 
@@ -99,33 +84,35 @@ def prepare_month(trip_file: TripFile, features: tuple[str, ...], month_window_d
 
 
 @task(cache_policy=NO_CACHE)
-def fit_feature_vocabulary(train: PreparedTrips, features: tuple[str, ...], min_count: int) -> FeatureVocabulary:
-    vocabulary = fit_vocabulary(train.frame, features, min_count=min_count)
+def fit_feature_vocabulary(plan: TrainingPlan, train: PreparedTrips) -> FeatureVocabulary:
+    vocabulary = fit_plan_vocabulary(plan, train)
     get_run_logger().info(
-        "vocabulary: %d columns from %s (%d categories seen fewer than %d times left out)", vocabulary.size, ",".join(features), vocabulary.pruned, min_count
+        "vocabulary: %d columns from %s (%d categories seen fewer than %d times left out)",
+        vocabulary.size,
+        ",".join(plan.features),
+        vocabulary.pruned,
+        plan.min_count_applied,
     )
     return vocabulary
 
 
 @task(task_run_name="build-features-{name}", cache_policy=NO_CACHE)
-def build_features(prepared: PreparedTrips, vocabulary: FeatureVocabulary, name: str, collapse: bool, model: str) -> FeatureMatrix:
-    frame = collapse_duplicate_rows(prepared.frame, vocabulary.features) if collapse else prepared.frame
-    features = build_feature_matrix(frame, vocabulary, FEATURE_DTYPE[model])
-    if collapse:
-        get_run_logger().info("%s: %d rows collapsed to %d distinct weighted rows", name, prepared.rows_kept, frame.height)
+def build_features(plan: TrainingPlan, prepared: PreparedTrips, vocabulary: FeatureVocabulary, name: str) -> FeatureMatrix:
+    features = fit_matrix(plan, prepared, vocabulary)
+    if plan.collapse:
+        get_run_logger().info("%s: %d rows collapsed to %d distinct weighted rows", name, prepared.rows_kept, features.X.shape[0])
     return features
 
 
 @task(cache_policy=NO_CACHE)
-def fit_model(model: str, train: FeatureMatrix, val: FeatureMatrix, params: XGBoostParams) -> DurationModel:
-    if model == "linear":
-        return fit_linear(train.X, train.y, train.weight)
-    return fit_xgboost(train.X, train.y, val.X, val.y, params, weight_train=train.weight, weight_val=val.weight)
+def fit_model(plan: TrainingPlan, train: FeatureMatrix, val: FeatureMatrix) -> DurationModel:
+    callbacks = xgboost_fit_progress(plan.params.num_boost_round) if plan.model == "xgboost" else []
+    return fit_duration_model(plan, train, val, callbacks=callbacks)
 
 
 @task(cache_policy=NO_CACHE)
 def evaluate_model(model: DurationModel, val: PreparedTrips, vocabulary: FeatureVocabulary) -> RegressionMetrics:
-    metrics = regression_metrics(val.frame[DURATION].to_numpy(), predict_trips(model, val.frame, vocabulary))
+    metrics = evaluate_duration_model(model, val, vocabulary)
     get_run_logger().info("validation RMSE %.4f, MAE %.4f", metrics.rmse, metrics.mae)
     return metrics
 
@@ -134,7 +121,7 @@ def evaluate_model(model: DurationModel, val: PreparedTrips, vocabulary: Feature
 def check_tracking_store(store: TrackingStore, model_name: str) -> str:
     """Before any data is read: a wrong URI or an unwritable store fails in seconds, not after the fit."""
     experiment_id = store.preflight(model_name)
-    get_run_logger().info("MLflow %s: experiment %r (id %s) ready", redact_uri(store.tracking_uri), store.experiment_name, experiment_id)
+    get_run_logger().info("experiment %r (id %s) ready in MLflow at %s", store.experiment_name, experiment_id, redact_uri(store.tracking_uri))
     return experiment_id
 
 
@@ -151,8 +138,6 @@ def register_model_version(store: TrackingStore, facts: TrainingFacts, logged: t
     registered = store.register(facts, *logged, model_name)
     get_run_logger().info("registered %s version %s (pending until the run commits)", registered.model_name, registered.model_version)
     return registered
-
-
 
 
 @task(cache_policy=NO_CACHE)
@@ -213,93 +198,49 @@ def notify_outcome(event: LifecycleEvent, targets: list[str] | None) -> list[str
     return [str(d) for d in deliveries]
 
 
-# Failures and crashes notify through Prefect's state hooks (the success path notifies in the flow).
-@flow(name="train", log_prints=True, on_failure=[notify_train_run_state], on_crashed=[notify_train_run_state], on_cancellation=[notify_train_run_state])
-def train(
-    taxi: Literal["green", "yellow", "fhv", "fhvhv"] = "green",
-    train_month: MonthText = "2023-01",
-    val_month: MonthText = "2023-02",
-    data_dir: str | None = None,
-    source: SourceChoice = "auto",
-    model: Literal["xgboost", "linear"] = "xgboost",
-    features: list[FeatureChoice] = ["pu_do", "distance"],  # noqa: B006 - Prefect needs a literal default for the form
-    min_count: Annotated[int, Field(ge=1)] = 1,
-    collapse_duplicates: bool = True,
-    month_window_days: Annotated[int | None, Field(ge=0, le=31)] = None,
-    learning_rate: Annotated[float | None, Field(gt=0)] = None,
-    max_depth: Annotated[int | None, Field(ge=1, le=64)] = None,
-    min_child_weight: Annotated[float | None, Field(ge=0)] = None,
-    reg_alpha: Annotated[float | None, Field(ge=0)] = None,
-    reg_lambda: Annotated[float | None, Field(ge=0)] = None,
-    seed: int | None = None,
-    num_boost_round: Annotated[int | None, Field(ge=1, le=10000)] = None,
-    early_stopping_rounds: Annotated[int | None, Field(ge=0)] = None,
-    experiment_name: str | None = None,
-    model_name: str | None = None,
-    tlc_base_url: str | None = None,
-    s3_block: str | None = None,
-    promote: Literal["auto", "never", "force"] = "auto",
-    promotion_margin: Annotated[float, Field(ge=0, le=60)] = 0.0,
-    promotion_reason: Annotated[str | None, Field(max_length=500)] = None,
-    notify: Annotated[list[str] | None, Field(description="notification targets: webhook:<block>, email:<block>:<to> (default: TAXIFLOW_NOTIFY_TARGETS)")] = None,
-) -> dict:
-    """Train a trip-duration model on one month, validate on a later one, register it in MLflow."""
+def _train(**parameters: object) -> dict:
+    request = validated_request(TrainRequest, parameters)
+    return run_training(request, load_settings())
+
+
+def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
     started = time.perf_counter()
     exit_with_worker()
-    settings = load_settings()
-    train_m, val_m = parse_month_pair(train_month, val_month)
-    feature_set = parse_features(features)
-    check_fields_available(taxi, required_columns(feature_set), what="features")
-    params = XGBoostParams().with_overrides(
-        learning_rate=learning_rate, max_depth=max_depth, min_child_weight=min_child_weight, reg_alpha=reg_alpha,
-        reg_lambda=reg_lambda, seed=seed, num_boost_round=num_boost_round, early_stopping_rounds=early_stopping_rounds,
-    )
-    directory = str(Path(data_dir) if data_dir else settings.data_dir)
-    model_name = model_name or settings.model_name
+    plan = plan_training(request)
+    months = (request.train_month, request.val_month)
+    directory = request.data_dir or str(settings.data_dir)
+    local_dir = directory if request.source in ("auto", "local") else None
+    model_name = request.model_name or settings.model_name
     store = TrackingStore(
-        settings.resolved_tracking_uri(), experiment_name or settings.experiment_name,
-        local_artifact_root=settings.local_artifact_root(), retry_budget_s=settings.tracking_retry_s,
+        settings.resolved_tracking_uri(),
+        request.experiment_name or settings.experiment_name,
+        local_artifact_root=settings.local_artifact_root(),
+        retry_budget_s=settings.tracking_retry_s,
     )
     check_tracking_store(store, model_name)
+    source = month_source(request.source, settings, request.tlc_base_url, request.s3_block)
+    cache_dir = str(settings.cache_dir())
     # For the report's RMSE by borough; fetched alongside the months, never failing the run.
-    lookup_source = month_source(source, settings, tlc_base_url, s3_block) if source in ("auto", "tlc") else None
-    zones = get_zone_boroughs.submit(directory if source in ("auto", "local") else None, lookup_source, str(settings.cache_dir()))
+    zones = get_zone_boroughs.submit(local_dir, source if isinstance(source, HttpSource) else None, cache_dir)
 
     # Both months are fetched and prepared concurrently (I/O and decoding overlap).
-    files = [get_month.submit(taxi, str(m), source, directory, tlc_base_url, s3_block) for m in (train_m, val_m)]
-    prepared_futures = [prepare_month.submit(f, feature_set, month_window_days) for f in files]
+    files = [get_month.submit(request.taxi, month, source, local_dir, cache_dir) for month in months]
+    # Prefect resolves the futures passed as arguments; its `submit` overloads only accept the task's own types.
+    prepared_futures = [prepare_month.submit(f, plan.features, plan.month_window_days) for f in files]  # type: ignore[call-overload]
     train_file, val_file = (f.result() for f in files)
     train_trips, val_trips = (p.result() for p in prepared_futures)
 
-    # XGBoost can never split on a category rarer than min_child_weight: leaving it out is exact.
-    applied_min_count = vocabulary_min_count(model, params, min_count)
-    vocabulary = fit_feature_vocabulary(train_trips, feature_set, applied_min_count)
-    # Fitting sees duplicate rows collapsed into weighted ones (exact for squared error, fewer rows);
-    # the reported metrics cover every validation row.
-    collapse = fits_collapsed_rows(model, collapse_duplicates)
-    x_train = build_features.submit(train_trips, vocabulary, "train", collapse, model)
-    x_val = build_features.submit(val_trips, vocabulary, "val", collapse, model)
-    x_train, x_val = x_train.result(), x_val.result()
+    vocabulary = fit_feature_vocabulary(plan, train_trips)
+    train_matrix = build_features.submit(plan, train_trips, vocabulary, "train")
+    val_matrix = build_features.submit(plan, val_trips, vocabulary, "val")
+    x_train, x_val = train_matrix.result(), val_matrix.result()
     fit_started = time.perf_counter()
-    fitted = fit_model(model, x_train, x_val, params)
+    fitted = fit_model(plan, x_train, x_val)
     fit_seconds = time.perf_counter() - fit_started
     metrics = evaluate_model(fitted, val_trips, vocabulary)
-    facts = TrainingFacts(
-        taxi=taxi,
-        model=model,
-        features=feature_set,
-        train=_month_facts(train_file, train_trips),
-        val=_month_facts(val_file, val_trips),
-        n_features=vocabulary.size,
-        n_features_pruned=vocabulary.pruned,
-        rmse=metrics.rmse,
-        mae=metrics.mae,
-        model_params=asdict(params) if model == "xgboost" else {},
-        options={"min_count": min_count, "min_count_applied": applied_min_count, "collapse_duplicates": collapse_duplicates, "collapse_applied": collapse, "month_window_days": month_window_days},
-        intercept=fitted.intercept if isinstance(fitted, LinearModel) else None,
-        best_iteration=fitted.best_iteration if isinstance(fitted, XGBoostModel) else None,
-    )
+    facts = training_facts(plan, _month_facts(train_file, train_trips), _month_facts(val_file, val_trips), vocabulary, fitted, metrics)
     publish_data_quality(facts)
+
     # The commit point is the end of `commit_with_decision`: the version is usable (and may become
     # champion) only once everything it promises (gate, report) exists. Any failure before that
     # deletes it and moves no alias; a kill leaves it tagged pending, without aliases.
@@ -310,7 +251,9 @@ def train(
         registered = register_model_version(store, facts, logged, model_name)
         links = registry_links(store, registered)
         with promotion_lock(settings.state_dir.resolve(), store.tracking_uri, model_name):
-            gate = evaluate_gate(registry, registered, fitted, vocabulary, val_trips, facts, promote, promotion_margin, promotion_reason)
+            gate = evaluate_gate(
+                registry, registered, fitted, vocabulary, val_trips, facts, request.promote, request.promotion_margin, request.promotion_reason
+            )
             plots = publish_evaluation_report(store, registered, fitted, vocabulary, val_trips, gate, zones.result())
             publish_promotion_decision(gate, registered, facts.val.month)
             publish_report(facts, registered, gate, links, plots)
@@ -324,14 +267,36 @@ def train(
     decision = gate.decision
     notify_outcome(
         LifecycleEvent(
-            kind="promoted" if decision.promote else "completed", taxi=taxi, train_month=train_month, val_month=val_month,
-            model_name=model_name, rmse=facts.rmse, challenger_version=registered.model_version,
-            champion_version=decision.champion_version, champion_rmse_on_val=decision.champion_rmse,
-            gate=decision.outcome, gate_reason=decision.reason, flow_run_name=flow_run.get_name(),
-            flow_run_url=current_flow_run_url(), model_version_url=mlflow_version_url(store.tracking_uri, model_name, registered.model_version),
+            kind="promoted" if decision.promote else "completed",
+            taxi=request.taxi,
+            train_month=request.train_month,
+            val_month=request.val_month,
+            model_name=model_name,
+            rmse=facts.rmse,
+            challenger_version=registered.model_version,
+            champion_version=decision.champion_version,
+            champion_rmse_on_val=decision.champion_rmse,
+            gate=decision.outcome,
+            gate_reason=decision.reason,
+            flow_run_name=flow_run.get_name(),
+            flow_run_url=current_flow_run_url(),
+            model_version_url=mlflow_version_url(store.tracking_uri, model_name, registered.model_version),
         ),
-        notify if notify is not None else settings.notify_targets.split(),
+        request.notify if request.notify is not None else settings.notify_targets.split(),
     )
     summary = training_summary(facts, registered, redact_uri(store.tracking_uri), decision)
     # Where the time went (the fit task alone varies by seconds between identical runs).
     return summary | {"seconds": {"flow": time.perf_counter() - started, "fit": fit_seconds}}
+
+
+# The parameters (and so Prefect's run form) are TrainRequest's fields, flat and typed.
+_train.__signature__ = flow_signature(TrainRequest)  # type: ignore[attr-defined]
+_train.__doc__ = flow_docstring("Train a trip-duration model on one month, validate on a later one, register it in MLflow, gate it.", TrainRequest)
+# Failures and crashes notify through Prefect's state hooks (the success path notifies in the flow).
+train = flow(
+    name="train",
+    log_prints=True,
+    on_failure=[notify_train_run_state],
+    on_crashed=[notify_train_run_state],
+    on_cancellation=[notify_train_run_state],
+)(_train)

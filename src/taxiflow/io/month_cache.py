@@ -25,9 +25,10 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from io import BufferedReader
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
 
 import pyarrow.parquet as pq
 
@@ -57,7 +58,7 @@ def file_sha256(path: Path) -> str:
         return _sha256_of(fh)
 
 
-def _sha256_of(fh: BinaryIO) -> str:
+def _sha256_of(fh: BufferedReader) -> str:
     fh.seek(0)
     return hashlib.file_digest(fh, "sha256").hexdigest()
 
@@ -67,7 +68,7 @@ def _stamp(st: os.stat_result) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
 
 
-def _problem(fh: BinaryIO, entry: TripFile, recorded_stamp: dict | None, stamp: dict[str, int]) -> str | None:
+def _problem(fh: BufferedReader, entry: TripFile, recorded_stamp: dict | None, stamp: dict[str, int]) -> str | None:
     """Why the open file `fh` (stat stamp `stamp`) no longer matches its record, or None if it does."""
     if stamp["size"] != entry.size_bytes:
         return f"size {stamp['size']:,} bytes does not match its record ({entry.size_bytes:,} bytes)"
@@ -79,7 +80,7 @@ def _problem(fh: BinaryIO, entry: TripFile, recorded_stamp: dict | None, stamp: 
     try:
         fh.seek(0)
         rows = pq.read_metadata(fh).num_rows
-    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError variants for junk
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError variants for junk
         return f"parquet footer unreadable ({type(exc).__name__}: {exc})"
     if rows != entry.num_rows:
         return f"parquet footer says {rows:,} rows, its record {entry.num_rows:,}"
@@ -189,9 +190,15 @@ class MonthCache:
                 fetched = source.fetch(taxi, month, tmp)
                 rows = verify(tmp)
                 entry = TripFile(
-                    taxi=taxi, month=month, path=str(path), sha256=file_sha256(tmp), size_bytes=tmp.stat().st_size,
-                    num_rows=rows, origin=fetched.origin, etag=fetched.etag,
-                    fetched_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    taxi=taxi,
+                    month=month,
+                    path=str(path),
+                    sha256=file_sha256(tmp),
+                    size_bytes=tmp.stat().st_size,
+                    num_rows=rows,
+                    origin=fetched.origin,
+                    etag=fetched.etag,
+                    fetched_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 )
                 self._sidecar(path).unlink(missing_ok=True)  # an old sidecar must not vouch for the new file
                 os.replace(tmp, path)

@@ -33,6 +33,7 @@ from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from taxiflow.core.errors import InvalidArgumentError
+from taxiflow.io.blocks import load_block, save_block
 
 LOGGER = logging.getLogger("taxiflow.notifications")
 
@@ -132,6 +133,7 @@ def save_webhook_block(name: str, *, allow_private_urls: bool = False, timeout_s
     (a chat server on the LAN, a local test receiver).
     """
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.types import SecretDict
 
     check_block_name(name)
     url = os.environ.get(WEBHOOK_URL_ENV, "").strip()
@@ -147,11 +149,13 @@ def save_webhook_block(name: str, *, allow_private_urls: bool = False, timeout_s
         url="{{" + WEBHOOK_URL_KEY + "}}",
         method="POST",
         json_data=dict(SLACK_PAYLOAD),
-        secrets={WEBHOOK_URL_KEY: url},
+        headers=None,
+        cookies=None,
+        secrets=SecretDict({WEBHOOK_URL_KEY: url}),
         allow_private_urls=allow_private_urls,
         timeout=timeout_s,
     )
-    block.save(name, overwrite=True, _sync=True)
+    save_block(block, name)
 
 
 def save_email_block(name: str, smtp_server: str, smtp_port: int, username: str | None = None, smtp_type: str = "STARTTLS") -> None:
@@ -180,7 +184,7 @@ def save_email_block(name: str, smtp_server: str, smtp_port: int, username: str 
         smtp_type=kind,
         smtp_port=int(smtp_port),
     )
-    credentials.save(name, overwrite=True, _sync=True)
+    save_block(credentials, name)
 
 
 # --- sending -------------------------------------------------------------------------------------
@@ -275,19 +279,19 @@ def _send(target: Target, subject: str, body: str, deadline: float) -> str:
 def _send_webhook(target: WebhookTarget, subject: str, body: str, deadline: float) -> str:
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    block = CustomWebhookNotificationBlock.load(target.block, _sync=True)
+    block = load_block(CustomWebhookNotificationBlock, target.block)
     # The URL is a secret, whether templated from the block's secrets (as saved here) or typed into `url`.
     _remember_secrets(*block.secrets.get_secret_value().values(), *([block.url] if "{{" not in block.url else []))
     # The block's own timeout applies per connect/read; it is cut to what is left of ours.
     block = block.model_copy(update={"timeout": min(float(block.timeout), _remaining(deadline))})
-    block.notify(body, subject=subject, _sync=True)  # raises on an HTTP error status
+    block.notify(body, subject=subject, _sync=True)  # type: ignore[call-arg]  # `_sync`: see io.blocks. Raises on an HTTP error status
     return "delivered"
 
 
 def _send_email(target: EmailTarget, subject: str, body: str, deadline: float) -> str:
     from prefect_email import EmailServerCredentials
 
-    credentials = EmailServerCredentials.load(target.block, _sync=True)
+    credentials = load_block(EmailServerCredentials, target.block)
     _remember_secrets(credentials.password.get_secret_value())
     message = EmailMessage()
     message["Subject"] = subject

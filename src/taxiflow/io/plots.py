@@ -142,9 +142,8 @@ def plot_model_comparison(comparison: BandComparison, path: Path | str, *, title
     ax = figure.add_subplot()
     for i, (label, values) in enumerate(comparison.rmse.items()):
         offset = (i - (len(comparison.rmse) - 1) / 2) * width
-        ax.bar(x + offset, values, width, color=_MODEL_COLORS[i % len(_MODEL_COLORS)],
-               label=f"{label} (RMSE {comparison.overall_rmse[label]:.3f})")
-    ax.set_xticks(x, [f"{band}\n{n:,} trips" for band, n in zip(comparison.bands, comparison.trips)], fontsize=8)
+        ax.bar(x + offset, values, width, color=_MODEL_COLORS[i % len(_MODEL_COLORS)], label=f"{label} (RMSE {comparison.overall_rmse[label]:.3f})")
+    ax.set_xticks(x, [f"{band}\n{n:,} trips" for band, n in zip(comparison.bands, comparison.trips, strict=True)], fontsize=8)
     ax.set(xlabel="trip distance", ylabel="RMSE (min)", title=title)
     ax.legend()
     return _save(figure, path)

@@ -121,7 +121,7 @@ class ModelRegistry:
                     artifact_uri=f"{download_uri.rstrip('/')}/artifacts/bundle", dst_path=tmp, tracking_uri=self.store.tracking_uri
                 )
                 return load_model_bundle(Path(local))
-        except Exception as exc:  # noqa: BLE001 - any failure means the files can't serve
+        except Exception as exc:
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"{self.model_name} v{version}: model files could not be loaded ({first})") from exc
 
@@ -134,7 +134,7 @@ class ModelRegistry:
         """Move `champion` to `version`, recording the previous champion, who, when and why on the version."""
         tags = {
             PREVIOUS_TAG: previous or "",
-            "taxiflow.promoted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "taxiflow.promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "taxiflow.promoted_by": who or _who(),
             "taxiflow.promotion_reason": reason[:4000],
         }

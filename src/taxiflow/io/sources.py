@@ -135,7 +135,7 @@ class S3Source:
         self.identity = f"s3://{bucket.bucket_name}/{bucket.bucket_folder.strip('/')}@{endpoint}"
 
     @classmethod
-    def from_block(cls, block_name: str) -> "S3Source":
+    def from_block(cls, block_name: str) -> S3Source:
         from prefect_aws import S3Bucket
 
         try:

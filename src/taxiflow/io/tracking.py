@@ -13,6 +13,7 @@ deleted and the run marked FAILED. A process killed in between leaves a version 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -20,7 +21,7 @@ import random
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -103,6 +104,26 @@ def _requirements() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return reqs
+
+
+@contextlib.contextmanager
+def _without_predict_type_hint_warning() -> Iterator[None]:
+    """Drop MLflow's nag that `predict` has no type hints: the signature is declared explicitly.
+
+    A plain warnings filter can't: MLflow's log_model pushes a "once" filter for UserWarning in
+    front of it. So the display is filtered for the duration of the call instead.
+    """
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "type hints to the `predict` method" not in str(message):
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 class TrackingUnavailableError(TaxiflowError):
@@ -237,10 +258,16 @@ class TrackingStore:
         creds = get_default_host_creds(self.tracking_uri)
         try:
             response = http_request(
-                creds, "/api/2.0/mlflow/experiments/search", "POST", json={"max_results": 1},
-                max_retries=2, backoff_factor=0.5, timeout=5, raise_on_status=False,
+                creds,
+                "/api/2.0/mlflow/experiments/search",
+                "POST",
+                json={"max_results": 1},
+                max_retries=2,
+                backoff_factor=0.5,
+                timeout=5,
+                raise_on_status=False,
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the failure (network, MLflow, TLS), the server is unreachable
             reason = str(exc).splitlines()[0][:200]
             if "Connection refused" in str(exc) or "NewConnectionError" in str(exc):
                 reason = "nothing answers there (connection refused)"
@@ -298,7 +325,9 @@ class TrackingStore:
                 "logging params and metrics",
             )
             self._retry(lambda: self.client.log_text(run_id, vocabulary.to_json(), "feature_vocabulary.json"), "logging the vocabulary")
-            self._retry(lambda: self.client.log_dict(run_id, {"train": facts.train.dropped, "val": facts.val.dropped}, "data_quality.json"), "logging data quality")
+            self._retry(
+                lambda: self.client.log_dict(run_id, {"train": facts.train.dropped, "val": facts.val.dropped}, "data_quality.json"), "logging data quality"
+            )
             with tempfile.TemporaryDirectory(prefix="taxiflow-model-") as tmp:
                 bundle = save_model_bundle(model, vocabulary, Path(tmp) / "bundle")
                 model_uri = self._retry(lambda: self._log_model(run_id, bundle), "logging the model")
@@ -309,7 +338,7 @@ class TrackingStore:
 
     def _log_model(self, run_id: str, bundle: Path) -> str:
         mlflow.set_tracking_uri(self.tracking_uri)
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), _without_predict_type_hint_warning():
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(_PYFUNC_FILE),
@@ -335,9 +364,15 @@ class TrackingStore:
             existing = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
             if existing:
                 return existing[0]
-            # The fluent call resolves MLflow 3's `models:/<model id>` source to its logged model.
-            mlflow.set_tracking_uri(self.tracking_uri)
-            return mlflow.register_model(model_uri, model_name, tags=tags)
+            if not self.client.search_registered_models(f"name = '{model_name}'", max_results=1):
+                try:
+                    self.client.create_registered_model(model_name)
+                except mlflow.exceptions.MlflowException as exc:
+                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # created meanwhile by another run
+                        raise
+            # MLflow 3 logs a model as `models:/<model id>`: the version points at that logged model.
+            model_id = model_uri.removeprefix("models:/")
+            return self.client.create_model_version(model_name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
 
         try:
             version = self._retry(attempt, "registering the model version")

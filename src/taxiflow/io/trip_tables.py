@@ -15,7 +15,7 @@ def open_parquet(path: str, *, source: str | None = None) -> pq.ParquetFile:
     """Open the footer; a file that isn't parquet (HTML page, truncated, random bytes) fails here."""
     try:
         return pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError variants for junk
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError variants for junk
         raise DataFileError(f"{source or path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
 
 
@@ -30,6 +30,6 @@ def read_trip_table(path: str, layout: TripLayout, canonical: list[str], *, sour
         raise DataFileError(f"{source}: column(s) {', '.join(dupes)} appear more than once")
     try:
         table = parquet.read(columns=list(wanted.values()))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means the columns are unusable
         raise DataFileError(f"{source}: cannot decode columns {', '.join(wanted.values())} ({exc})") from None
     return table.rename_columns(list(wanted.keys()))

@@ -61,9 +61,7 @@ def read_zone_boroughs(path: Path, *, source: str | None = None) -> ZoneBoroughs
         missing = [c for c in _COLUMNS if c not in found]
         if missing:
             shown = ", ".join(repr(c[:40]) for c in found[:10])
-            raise DataFileError(
-                f"{source}: missing column(s) {', '.join(missing)}; expected a CSV with columns {', '.join(_COLUMNS)} (found: {shown})"
-            )
+            raise DataFileError(f"{source}: missing column(s) {', '.join(missing)}; expected a CSV with columns {', '.join(_COLUMNS)} (found: {shown})")
         table = frame.select(_COLUMNS).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise DataFileError(f"{source}: not a readable CSV ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -73,9 +71,7 @@ def read_zone_boroughs(path: Path, *, source: str | None = None) -> ZoneBoroughs
     as_int = ids.cast(pl.Int64, strict=False)
     bad = ids.filter(as_int.is_null())
     if bad.len():
-        raise DataFileError(
-            f"{source}: column 'LocationID' holds {', '.join(repr(v) for v in bad.head(5).to_list())}; expected integer zone IDs"
-        )
+        raise DataFileError(f"{source}: column 'LocationID' holds {', '.join(repr(v) for v in bad.head(5).to_list())}; expected integer zone IDs")
     return zone_boroughs_from_lookup(as_int.to_numpy(), table["Borough"].to_list(), source=source)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import polars as pl
@@ -27,6 +28,7 @@ class ChampionChange:
     champion: str
     previous: str | None
     moved: bool
+
 
 # A few real zone pairs (JFK -> Midtown, a short Manhattan hop, an unseen pair) and distances.
 _SMOKE_TRIPS = {PICKUP_ZONE: [132, 237, 1], DROPOFF_ZONE: [230, 236, 265], DISTANCE: [17.5, 1.1, 0.0]}
@@ -55,11 +57,28 @@ def check_loads_and_predicts(registry: ModelRegistry, version: str) -> None:
         raise ModelLoadError(f"{registry.model_name} v{version}: predicts {predictions.tolist()} for a smoke input")
 
 
-def list_versions(settings: TaxiflowSettings, tracking_uri: str, model_name: str) -> list[dict[str, object]]:
+class VersionRow(TypedDict):
+    """One line of `taxiflow models ls` (its --json form is a list of these)."""
+
+    version: str
+    aliases: list[str]
+    rmse: float | None
+    taxi: str | None
+    train_month: str | None
+    val_month: str | None
+    gate: str | None
+    gate_reason: str | None
+    state: str | None
+    previous_champion: str | None
+    run_id: str | None
+    created: str
+
+
+def list_versions(settings: TaxiflowSettings, tracking_uri: str, model_name: str) -> list[VersionRow]:
     registry = _registry(settings, tracking_uri, model_name)
     if not registry.client.search_registered_models(f"name = '{model_name}'", max_results=1):
         raise InvalidArgumentError(f"no registered model named {model_name!r} in {registry.store.shown_uri}")
-    rows = []
+    rows: list[VersionRow] = []
     for v in registry.versions():
         rmse = v.tags.get("rmse")
         rows.append(
@@ -75,7 +94,7 @@ def list_versions(settings: TaxiflowSettings, tracking_uri: str, model_name: str
                 "state": v.tags.get(STATE_TAG),
                 "previous_champion": v.tags.get(PREVIOUS_TAG) or None,
                 "run_id": v.run_id,
-                "created": dt.datetime.fromtimestamp(v.created_ms / 1000, dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": dt.datetime.fromtimestamp(v.created_ms / 1000, dt.UTC).isoformat(timespec="seconds"),
             }
         )
     return rows
@@ -117,7 +136,7 @@ def rollback_champion(settings: TaxiflowSettings, tracking_uri: str, model_name:
         registry.set_tags(
             str(current.version),
             {
-                "taxiflow.rolled_back_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "taxiflow.rolled_back_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "taxiflow.rolled_back_by": _who(),
                 "taxiflow.rolled_back_reason": reason or "",
             },

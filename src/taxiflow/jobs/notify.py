@@ -170,12 +170,14 @@ def run_notify_command(args: argparse.Namespace) -> int:
     _use_prefect_api()
     _warm_up_prefect_client()
     subject = "taxiflow: test notification"
-    body = "\n".join([
-        "event: test",
-        f"sent by: taxiflow notify test on {socket.gethostname()}",
-        f"at: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-        f"targets: {len(args.target)}",
-    ])
+    body = "\n".join(
+        [
+            "event: test",
+            f"sent by: taxiflow notify test on {socket.gethostname()}",
+            f"at: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+            f"targets: {len(args.target)}",
+        ]
+    )
     deliveries = notify(args.target, subject, body, timeout_s=args.timeout)
     for d in deliveries:
         print(d)

@@ -51,7 +51,9 @@ def ensure_postgres(requested_dir: Path, host: str, port: int, log: Path, free_o
         if os.geteuid() == 0:
             shutil.chown(data.parent, "postgres")
             shutil.chown(data, "postgres")
-        result = subprocess.run(_as_owner([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]), capture_output=True, text=True)
+        result = subprocess.run(
+            _as_owner([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]), capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise PlatformError(f"initdb failed for {data}: {result.stderr[-800:]}")
     free_or_fail("PostgreSQL", port)

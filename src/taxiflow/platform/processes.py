@@ -24,7 +24,6 @@ import httpx
 
 from taxiflow.core.errors import TaxiflowError
 
-
 TOKEN_VAR = "TAXIFLOW_SERVICE_TOKEN"
 
 
@@ -151,15 +150,20 @@ def is_healthy(service: ServiceProcess, timeout_s: float = 2.0) -> bool:
         return False
 
 
-def start_service(name: str, cmd: list[str], *, env: dict[str, str], log: Path, port: int | None, health_url: str | None, marker: str, timeout_s: float = 90) -> ServiceProcess:
+def start_service(
+    name: str, cmd: list[str], *, env: dict[str, str], log: Path, port: int | None, health_url: str | None, marker: str, timeout_s: float = 90
+) -> ServiceProcess:
     """Start `cmd` detached (own session, output to `log`) and wait until it is healthy."""
     log.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(8)
     with open(log, "ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**env, TOKEN_VAR: token}, start_new_session=True)
-    st = _stat(process.pid)  # it cannot be reaped before we wait for it, so this is never None
-    service = ServiceProcess(name, process.pid, port, health_url, str(log), time.time(), marker,
-                             pgid=st.pgid, sid=st.sid, start_ticks=st.start_ticks, token=token)
+    st = _stat(process.pid)
+    if st is None:  # never: it cannot be reaped before we wait for it, so /proc still lists it
+        raise PlatformError(f"{name} (pid {process.pid}) has no /proc entry right after starting")
+    service = ServiceProcess(
+        name, process.pid, port, health_url, str(log), time.time(), marker, pgid=st.pgid, sid=st.sid, start_ticks=st.start_ticks, token=token
+    )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -38,7 +38,7 @@ class StackState:
     artifacts: str = "local"
 
     @classmethod
-    def load(cls, path: Path) -> "StackState":
+    def load(cls, path: Path) -> StackState:
         if not path.exists():
             return cls(path)
         data = json.loads(path.read_text())
@@ -63,8 +63,7 @@ def _base_env(**extra: str) -> dict[str, str]:
 def _free_or_fail(settings: TaxiflowSettings, name: str, port: int, option: str) -> None:
     if port_in_use(settings.stack_host, port):
         raise PlatformError(
-            f"{name}: port {port} on {settings.stack_host} is already in use by another process; "
-            f"stop it or choose another port (TAXIFLOW_{option})"
+            f"{name}: port {port} on {settings.stack_host} is already in use by another process; stop it or choose another port (TAXIFLOW_{option})"
         )
 
 
@@ -101,8 +100,11 @@ def stack_up(settings: TaxiflowSettings, *, db: str = "sqlite", artifacts: str =
         return service
 
     # Every port we will need, checked before anything starts: a clash leaves nothing half-started.
-    wanted = {"s3": (settings.stack_s3_port, "STACK_S3_PORT"), "mlflow": (settings.stack_mlflow_port, "STACK_MLFLOW_PORT"),
-              "prefect": (settings.stack_prefect_port, "STACK_PREFECT_PORT")}
+    wanted = {
+        "s3": (settings.stack_s3_port, "STACK_S3_PORT"),
+        "mlflow": (settings.stack_mlflow_port, "STACK_MLFLOW_PORT"),
+        "prefect": (settings.stack_prefect_port, "STACK_PREFECT_PORT"),
+    }
     if db == "postgres":
         wanted["postgres"] = (settings.stack_postgres_port, "STACK_POSTGRES_PORT")
     for name, (port, option) in wanted.items():
@@ -113,7 +115,9 @@ def stack_up(settings: TaxiflowSettings, *, db: str = "sqlite", artifacts: str =
     # PostgreSQL (optional) for both servers' metadata.
     prefect_db_url, mlflow_backend = None, f"sqlite:///{root / 'mlflow.db'}"
     if db == "postgres":
-        pg = keep_or_start("postgres", lambda: ensure_postgres(root / "postgres", host, settings.stack_postgres_port, logs / "postgres.log", _free_or_fail_cb(settings)))
+        pg = keep_or_start(
+            "postgres", lambda: ensure_postgres(root / "postgres", host, settings.stack_postgres_port, logs / "postgres.log", _free_or_fail_cb(settings))
+        )
         prefect_db_url = f"postgresql+asyncpg://postgres@{host}:{pg.port}/prefect"
         mlflow_backend = f"postgresql://postgres@{host}:{pg.port}/mlflow"
 
@@ -121,8 +125,15 @@ def stack_up(settings: TaxiflowSettings, *, db: str = "sqlite", artifacts: str =
 
     def start_s3() -> ServiceProcess:
         _free_or_fail(settings, "S3 server", settings.stack_s3_port, "STACK_S3_PORT")
-        return start_service("s3", [str(BIN / "moto_server"), "-H", host, "-p", str(settings.stack_s3_port)], env=_base_env(),
-                             log=logs / "s3.log", port=settings.stack_s3_port, health_url=f"{s3_url}/moto-api/", marker="moto_server")
+        return start_service(
+            "s3",
+            [str(BIN / "moto_server"), "-H", host, "-p", str(settings.stack_s3_port)],
+            env=_base_env(),
+            log=logs / "s3.log",
+            port=settings.stack_s3_port,
+            health_url=f"{s3_url}/moto-api/",
+            marker="moto_server",
+        )
 
     keep_or_start("s3", start_s3)
     _ensure_bucket(s3_url, settings.stack_bucket, aws_env)
@@ -133,9 +144,23 @@ def stack_up(settings: TaxiflowSettings, *, db: str = "sqlite", artifacts: str =
         _free_or_fail(settings, "MLflow server", settings.stack_mlflow_port, "STACK_MLFLOW_PORT")
         destination = f"s3://{settings.stack_bucket}/mlflow-artifacts" if artifacts == "s3" else str(root / "mlartifacts")
         env = _base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **({"MLFLOW_S3_ENDPOINT_URL": s3_url, **aws_env} if artifacts == "s3" else {}))
-        cmd = [str(BIN / "mlflow"), "server", "--host", host, "--port", str(settings.stack_mlflow_port), "--workers", "1",
-               "--backend-store-uri", mlflow_backend, "--artifacts-destination", destination]
-        return start_service("mlflow", cmd, env=env, log=logs / "mlflow.log", port=settings.stack_mlflow_port, health_url=f"{mlflow_url}/health", marker="mlflow")
+        cmd = [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            host,
+            "--port",
+            str(settings.stack_mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            mlflow_backend,
+            "--artifacts-destination",
+            destination,
+        ]
+        return start_service(
+            "mlflow", cmd, env=env, log=logs / "mlflow.log", port=settings.stack_mlflow_port, health_url=f"{mlflow_url}/health", marker="mlflow"
+        )
 
     keep_or_start("mlflow", start_mlflow)
 
@@ -143,9 +168,23 @@ def stack_up(settings: TaxiflowSettings, *, db: str = "sqlite", artifacts: str =
 
     def start_prefect() -> ServiceProcess:
         _free_or_fail(settings, "Prefect server", settings.stack_prefect_port, "STACK_PREFECT_PORT")
-        env = _base_env(PREFECT_HOME=str(root / "prefect-home"), **({"PREFECT_API_DATABASE_CONNECTION_URL": prefect_db_url} if prefect_db_url else {}))
+        # The UI asks its server where the API is: without this it says :4200 whatever port the stack uses.
+        env = _base_env(
+            PREFECT_HOME=str(root / "prefect-home"),
+            PREFECT_UI_API_URL=api_url,
+            **({"PREFECT_API_DATABASE_CONNECTION_URL": prefect_db_url} if prefect_db_url else {}),
+        )
         cmd = [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(settings.stack_prefect_port)]
-        return start_service("prefect", cmd, env=env, log=logs / "prefect.log", port=settings.stack_prefect_port, health_url=f"{api_url}/health", marker="prefect server start", timeout_s=120)
+        return start_service(
+            "prefect",
+            cmd,
+            env=env,
+            log=logs / "prefect.log",
+            port=settings.stack_prefect_port,
+            health_url=f"{api_url}/health",
+            marker="prefect server start",
+            timeout_s=120,
+        )
 
     keep_or_start("prefect", start_prefect)
     state.urls = {"prefect_api": api_url, "prefect_ui": api_url.removesuffix("/api"), "mlflow": mlflow_url, "s3": s3_url}
@@ -157,7 +196,8 @@ def stack_up(settings: TaxiflowSettings, *, db: str = "sqlite", artifacts: str =
 
     os.environ.update(aws_env)
     save_s3_blocks(settings.stack_bucket, bucket_block=settings.s3_block, bucket_folder="trip-data", endpoint_url=s3_url)
-    say(f"  blocks   aws-credentials/taxi-aws ({'generated keys for the local S3 server' if generated else 'keys from AWS_* env'}), s3-bucket/{settings.s3_block}")
+    keys = "generated keys for the local S3 server" if generated else "keys from AWS_* env"
+    say(f"  blocks   aws-credentials/taxi-aws ({keys}), s3-bucket/{settings.s3_block}")
     _ensure_work_pool(settings.work_pool)
     say(f"  pool     {settings.work_pool} (process)")
     _ensure_zombie_automation(api_url)
@@ -167,10 +207,14 @@ def stack_up(settings: TaxiflowSettings, *, db: str = "sqlite", artifacts: str =
 
     def start_worker() -> ServiceProcess:
         env = _base_env(
-            PREFECT_API_URL=api_url, MLFLOW_TRACKING_URI=mlflow_url,
-            TAXIFLOW_STATE_DIR=str(settings.state_dir.resolve()), TAXIFLOW_DATA_DIR=str(settings.data_dir.resolve()),
-            TAXIFLOW_CODE_DIR=str(REPO_ROOT), PREFECT_HOME=str(root / "worker-home"),
-            PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_S), TAXIFLOW_EXIT_WITH_WORKER="1",
+            PREFECT_API_URL=api_url,
+            MLFLOW_TRACKING_URI=mlflow_url,
+            TAXIFLOW_STATE_DIR=str(settings.state_dir.resolve()),
+            TAXIFLOW_DATA_DIR=str(settings.data_dir.resolve()),
+            TAXIFLOW_CODE_DIR=str(REPO_ROOT),
+            PREFECT_HOME=str(root / "worker-home"),
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_S),
+            TAXIFLOW_EXIT_WITH_WORKER="1",
         )
         cmd = [str(BIN / "prefect"), "worker", "start", "--pool", settings.work_pool, "--type", "process", "--name", "taxiflow-worker"]
         return start_service("worker", cmd, env=env, log=logs / "worker.log", port=None, health_url=None, marker="prefect worker start")
@@ -189,8 +233,13 @@ def _free_or_fail_cb(settings: TaxiflowSettings):
 def _ensure_bucket(endpoint: str, bucket: str, aws_env: dict[str, str]) -> None:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=aws_env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=aws_env["AWS_SECRET_ACCESS_KEY"], region_name=aws_env["AWS_DEFAULT_REGION"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=aws_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=aws_env["AWS_SECRET_ACCESS_KEY"],
+        region_name=aws_env["AWS_DEFAULT_REGION"],
+    )
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if bucket not in existing:
         s3.create_bucket(Bucket=bucket)
@@ -224,13 +273,21 @@ def _ensure_zombie_automation(api_url: str) -> None:
             "type": "event",
             "posture": "Proactive",
             "after": ["prefect.flow-run.heartbeat"],
-            "expect": ["prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"],
+            "expect": [
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            ],
             "for_each": ["prefect.resource.id"],
             "match": {"prefect.resource.id": "prefect.flow-run.*"},
             "threshold": 1,
             "within": ZOMBIE_AFTER_S,
         },
-        "actions": [{"type": "change-flow-run-state", "state": "CRASHED", "message": f"No heartbeat for {ZOMBIE_AFTER_S} s: the flow run's process or its worker died."}],
+        "actions": [
+            {"type": "change-flow-run-state", "state": "CRASHED", "message": f"No heartbeat for {ZOMBIE_AFTER_S} s: the flow run's process or its worker died."}
+        ],
     }
     response = httpx.post(f"{api_url}/automations/", json=automation, timeout=10)
     if response.status_code >= 300:
@@ -241,8 +298,9 @@ def _upload_months(settings: TaxiflowSettings, months: list[tuple[str, str]], sa
     from prefect_aws import S3Bucket
 
     from taxiflow.core.schema import tlc_file_name
+    from taxiflow.io.blocks import load_block
 
-    bucket = S3Bucket.load(settings.s3_block)
+    bucket = load_block(S3Bucket, settings.s3_block)
     for taxi, month in months:
         path = settings.data_dir / tlc_file_name(taxi, month)
         if not path.is_file():
@@ -297,10 +355,15 @@ def stack_checks(settings: TaxiflowSettings) -> list[Check]:
             checks.append(Check(name, is_healthy(svc), where if is_healthy(svc) else f"DOWN ({where}); log: {svc.log}"))
     api, mlflow_url, s3_url = state.urls.get("prefect_api"), state.urls.get("mlflow"), state.urls.get("s3")
 
+    def api_url() -> str:
+        if api is None:
+            raise PlatformError(f"{state.path} records no Prefect API URL")
+        return api
+
     def probe(name: str, fn) -> None:
         try:
             ok, detail = fn()
-        except Exception as exc:  # a check that can't run is a failed check, with its reason
+        except Exception as exc:  # noqa: BLE001 - a check that can't run is a failed check, with its reason
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         checks.append(Check(name, ok, detail))
 
@@ -309,7 +372,7 @@ def stack_checks(settings: TaxiflowSettings) -> list[Check]:
     probe("work pool", lambda: (httpx.get(pool_url, timeout=3).status_code == 200, settings.work_pool))
 
     def worker_polls():
-        fresh = polling_workers(api, settings.work_pool)
+        fresh = polling_workers(api_url(), settings.work_pool)
         return bool(fresh), f"{len(fresh)} worker(s) polling {settings.work_pool}" if fresh else f"no worker has polled {settings.work_pool} in 90 s"
 
     probe("worker polls", worker_polls)
@@ -323,10 +386,12 @@ def stack_checks(settings: TaxiflowSettings) -> list[Check]:
     probe("blocks", blocks)
 
     def bucket():
-        os.environ["PREFECT_API_URL"] = api
+        os.environ["PREFECT_API_URL"] = api_url()
         from prefect_aws import S3Bucket
 
-        block = S3Bucket.load(settings.s3_block)
+        from taxiflow.io.blocks import load_block
+
+        block = load_block(S3Bucket, settings.s3_block)
         block.credentials.get_s3_client().head_bucket(Bucket=block.bucket_name)
         return True, f"s3://{block.bucket_name} at {s3_url}"
 
@@ -339,16 +404,20 @@ def polling_workers(api_url: str, pool: str, *, within_s: float = 90) -> list[st
     import httpx
 
     workers = httpx.post(f"{api_url}/work_pools/{pool}/workers/filter", json={}, timeout=3).json()
-    now = dt.datetime.now(dt.timezone.utc)
-    return [w["name"] for w in workers if w.get("last_heartbeat_time") and now - dt.datetime.fromisoformat(w["last_heartbeat_time"]) < dt.timedelta(seconds=within_s)]
+    now = dt.datetime.now(dt.UTC)
+    return [
+        w["name"]
+        for w in workers
+        if w.get("last_heartbeat_time") and now - dt.datetime.fromisoformat(w["last_heartbeat_time"]) < dt.timedelta(seconds=within_s)
+    ]
 
 
 def wait_for_worker(api_url: str, pool: str, worker: ServiceProcess, timeout_s: float = 60) -> bool:
     """True once the worker we started polls the pool (it registers on its first poll)."""
-    started = dt.datetime.fromtimestamp(worker.started_at, dt.timezone.utc)
+    started = dt.datetime.fromtimestamp(worker.started_at, dt.UTC)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and is_running(worker):
-        if polling_workers(api_url, pool, within_s=(dt.datetime.now(dt.timezone.utc) - started).total_seconds() + 5):
+        if polling_workers(api_url, pool, within_s=(dt.datetime.now(dt.UTC) - started).total_seconds() + 5):
             return True
         time.sleep(0.5)
     return False

@@ -8,9 +8,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import mlflow.pyfunc
+import mlflow.models
 import pandas as pd
 import polars as pl
+from mlflow.pyfunc import PythonModel
 
 from taxiflow.core.features import build_feature_matrix
 from taxiflow.core.schema import DISTANCE, DROPOFF_ZONE, PICKUP_ZONE
@@ -30,7 +31,7 @@ def trips_from_records(model_input: pd.DataFrame) -> pl.DataFrame:
 warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
 
-class TripDurationModel(mlflow.pyfunc.PythonModel):
+class TripDurationModel(PythonModel):
     def load_context(self, context) -> None:
         self.model, self.vocabulary = load_model_bundle(Path(context.artifacts["bundle"]))
 

@@ -1,0 +1,192 @@
+"""What a training run is asked to do: one typed, validated definition.
+
+`TrainRequest` is the single source of the `train` flow's parameters (its signature, hence Prefect's
+run form, is generated from it: `flow_signature`) and of `taxiflow train`'s options (the CLI builds
+them from the same fields). Field constraints give both the same bounds; the model validator adds
+what one field can't say alone (months in order, a feature the trip type lacks, force needs a reason).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from taxiflow.core.errors import InvalidArgumentError
+from taxiflow.core.feature_names import parse_features, required_columns
+from taxiflow.core.months import Month, parse_month_pair
+from taxiflow.core.schema import check_fields_available
+from taxiflow.core.xgboost_params import XGBoostParams
+
+MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+MonthText = Annotated[str, Field(pattern=MONTH_PATTERN, description="YYYY-MM")]
+TaxiType = Literal["green", "yellow", "fhv", "fhvhv"]
+SourceChoice = Literal["auto", "local", "tlc", "s3"]
+ModelChoice = Literal["xgboost", "linear"]
+FeatureChoice = Literal["pu_do", "pu", "do", "distance"]
+PromotePolicy = Literal["auto", "never", "force"]
+
+_XGB = XGBoostParams()
+
+
+class TrainRequest(BaseModel):
+    """One training run: train on `train_month`, validate on `val_month`, register, gate."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    taxi: TaxiType = Field("green", description="trip type")
+    train_month: MonthText = Field("2023-01", description="YYYY-MM: the month to train on")
+    val_month: MonthText = Field("2023-02", description="YYYY-MM, after train_month: the month to validate on")
+    data_dir: str | None = Field(None, description="directory of TLC-named parquet files (default: ./data, or TAXIFLOW_DATA_DIR)")
+    source: SourceChoice = Field(
+        "auto", description="auto: the data dir, else download from the TLC; local: data dir only; tlc / s3: always from there (cached)"
+    )
+    s3_block: str | None = Field(None, max_length=200, description="prefect-aws S3Bucket block for source s3 (default taxi-data)")
+    tlc_base_url: str | None = Field(None, max_length=500, description="where months missing from the data dir are downloaded from ('' disables downloads)")
+    month_window_days: int | None = Field(
+        None, ge=0, le=31, description="drop trips whose pickup is outside the file's month by more than N days (default: off, as the course)"
+    )
+    model: ModelChoice = Field("xgboost", description="xgboost, or linear (scikit-learn LinearRegression)")
+    features: list[FeatureChoice] = Field(["pu_do", "distance"], min_length=1, description="one-hot pu_do / pu / do, and distance")
+    min_count: int = Field(1, ge=1, le=1_000_000, description="drop one-hot categories seen fewer times in training (1: DictVectorizer semantics)")
+    collapse_duplicates: bool = Field(True, description="XGBoost fits one weighted row per distinct input (same model, faster)")
+    learning_rate: float | None = Field(None, gt=0, le=1, description=f"XGBoost learning_rate (default {_XGB.learning_rate:.4g})")
+    max_depth: int | None = Field(None, ge=1, le=64, description=f"XGBoost max_depth (default {_XGB.max_depth})")
+    min_child_weight: float | None = Field(None, ge=0, le=1e6, description=f"XGBoost min_child_weight (default {_XGB.min_child_weight:.4g})")
+    reg_alpha: float | None = Field(None, ge=0, le=1e6, description=f"XGBoost reg_alpha (default {_XGB.reg_alpha:.4g})")
+    reg_lambda: float | None = Field(None, ge=0, le=1e6, description=f"XGBoost reg_lambda (default {_XGB.reg_lambda:.4g})")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description=f"XGBoost seed (default {_XGB.seed})")
+    num_boost_round: int | None = Field(None, ge=1, le=10_000, description=f"XGBoost boosting rounds (default {_XGB.num_boost_round})")
+    early_stopping_rounds: int | None = Field(
+        None, ge=0, le=10_000, description=f"stop after this many rounds without improvement; 0 disables (default {_XGB.early_stopping_rounds})"
+    )
+    experiment_name: str | None = Field(None, min_length=1, max_length=200, description="MLflow experiment (default nyc-taxi-experiment)")
+    model_name: str | None = Field(None, min_length=1, max_length=200, description="registered model name (default nyc-taxi-duration)")
+    promote: PromotePolicy = Field("auto", description="auto: champion only if better on the validation month; never; force (with a reason)")
+    promotion_margin: float = Field(
+        0.0, ge=0, le=60, description="minutes of RMSE the challenger must beat the champion by (0: any improvement; a tie keeps the champion)"
+    )
+    promotion_reason: str | None = Field(None, max_length=500, description="why (recorded on the version; required with promote force)")
+    notify: list[str] | None = Field(
+        None, max_length=20, description="notification targets webhook:<block> or email:<block>:<to> (default: TAXIFLOW_NOTIFY_TARGETS)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainRequest:
+        parse_month_pair(self.train_month, self.val_month)
+        features = parse_features(self.features)
+        check_fields_available(self.taxi, required_columns(features), what="features")
+        if self.promote == "force" and not (self.promotion_reason or "").strip():
+            raise InvalidArgumentError("promote force needs promotion_reason: who is forcing it and why")
+        if self.notify:
+            from taxiflow.io.notifications import parse_target  # parsing only; sends nothing
+
+            for target in self.notify:
+                parse_target(target)
+        return self
+
+    @property
+    def feature_set(self) -> tuple[str, ...]:
+        return parse_features(self.features)
+
+    def xgboost_params(self) -> XGBoostParams:
+        return XGBoostParams().with_overrides(
+            learning_rate=self.learning_rate,
+            max_depth=self.max_depth,
+            min_child_weight=self.min_child_weight,
+            reg_alpha=self.reg_alpha,
+            reg_lambda=self.reg_lambda,
+            seed=self.seed,
+            num_boost_round=self.num_boost_round,
+            early_stopping_rounds=self.early_stopping_rounds,
+        )
+
+
+def validated_request(model: type[BaseModel], values: dict[str, Any], *, option_names: dict[str, str] | None = None) -> Any:
+    """Build a request, turning pydantic's report into one InvalidArgumentError line per problem.
+
+    `option_names` maps fields to how the caller spelled them (the CLI's `--max-depth`).
+    """
+    names = option_names or {}
+    try:
+        return model.model_validate(values)
+    except InvalidArgumentError as exc:  # a rule across fields, raised as is by the model validator
+        raise InvalidArgumentError(_spelled(str(exc), names)) from None
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            label = names.get(field, field)
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, InvalidArgumentError):
+                # A rule across fields: name each field as the caller spells it.
+                problems.append(_spelled(str(cause), names))
+                continue
+            given = error.get("input")
+            if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == MONTH_PATTERN:
+                try:  # the month parser says what is wrong with it (format, month 13, before 2009)
+                    Month.parse(str(given), argument=label)
+                except InvalidArgumentError as month_error:
+                    problems.append(str(month_error))
+                    continue
+            expected = _expected(model, field, error)
+            if expected is not None:
+                problems.append(f"{label}: expected {expected}, got {given!r}")
+            else:
+                problems.append(f"{label}: {error['msg'].removeprefix('Value error, ')}" if label else error["msg"])
+        raise InvalidArgumentError("; ".join(problems)) from None
+
+
+def _spelled(text: str, names: dict[str, str]) -> str:
+    """A message naming fields as the caller spells them (`val_month` -> `--val-month`)."""
+    for name in sorted(names, key=len, reverse=True):
+        # One-word names (`model`, `features`) are plain words in prose: only as a message's subject.
+        pattern = rf"(?<![\w-]){name}\b" if "_" in name else rf"^{name}\b"
+        text = re.sub(pattern, names[name], text)
+    return text
+
+
+def _expected(model: type[BaseModel], field: str, error: Mapping[str, Any]) -> str | None:
+    """The allowed values of a field, as a user would read them ('an integer in 1..64')."""
+    info = model.model_fields.get(field)
+    if info is None:
+        return None
+    low = high = None
+    for constraint in info.metadata:
+        low = getattr(constraint, "ge", getattr(constraint, "gt", low))
+        high = getattr(constraint, "le", getattr(constraint, "lt", high))
+    kind = "an integer" if error["type"].startswith("int") or "int" in str(info.annotation) and "float" not in str(info.annotation) else "a number"
+    if low is not None or high is not None:
+        strict = any(hasattr(c, "gt") for c in info.metadata)
+        lower = f"> {low}" if strict else f">= {low}"
+        if high is None:
+            return f"{kind} {lower}"
+        return f"{kind} in {low}..{high}" if not strict else f"{kind} {lower} and <= {high}"
+    if error["type"] == "literal_error":
+        return "one of " + error["ctx"]["expected"].replace("'", "")
+    return None
+
+
+def flow_signature(model: type[BaseModel]) -> inspect.Signature:
+    """A keyword-only signature with one typed, bounded, documented parameter per field.
+
+    Prefect builds a flow's parameter schema (the UI's run form) and validates calls from its
+    function's signature: generated here, the form stays flat while the fields are defined once.
+    """
+    parameters = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        constraints = Field(description=field.description)
+        metadata = [constraints, *field.metadata]
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=Annotated[(annotation, *metadata)]))
+    return inspect.Signature(parameters, return_annotation=dict)
+
+
+def flow_docstring(summary: str, model: type[BaseModel]) -> str:
+    """`summary` plus a Google-style Args section: Prefect shows these as the run form's field help."""
+    lines = [summary, "", "Args:"]
+    lines += [f"    {name}: {field.description}" for name, field in model.model_fields.items() if field.description]
+    return "\n".join(lines)

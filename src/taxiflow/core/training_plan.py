@@ -1,0 +1,138 @@
+"""The training use case, without Prefect: what a request means, step by step.
+
+`plan_training` turns a request into the decisions the steps share (the vocabulary threshold
+XGBoost can split on, whether rows collapse, the matrix precision); each step below is one stage of
+the pipeline. The `train` flow runs them as tasks (one per stage in the UI), the benchmarks call
+`train_on_prepared` directly, and a distributed engine would replace only the fitting step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from taxiflow.core.features import FeatureMatrix, FeatureVocabulary, build_feature_matrix, collapse_duplicate_rows, fit_vocabulary
+from taxiflow.core.metrics import RegressionMetrics, regression_metrics
+from taxiflow.core.preparation import PreparedTrips
+from taxiflow.core.request import TrainRequest
+from taxiflow.core.schema import DURATION
+from taxiflow.core.summary import MonthFacts, TrainingFacts
+from taxiflow.core.training import (
+    FEATURE_DTYPE,
+    DurationModel,
+    LinearModel,
+    XGBoostModel,
+    XGBoostParams,
+    fit_linear,
+    fit_xgboost,
+    fits_collapsed_rows,
+    predict_trips,
+    vocabulary_min_count,
+)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    taxi: str
+    model: str
+    features: tuple[str, ...]
+    params: XGBoostParams
+    min_count: int  # as requested
+    min_count_applied: int  # raised to what XGBoost can split on: leaving rarer categories out is exact
+    collapse_requested: bool
+    collapse: bool  # duplicate rows fitted once with weights (XGBoost only)
+    month_window_days: int | None
+
+    def options(self) -> dict[str, object]:
+        return {
+            "min_count": self.min_count,
+            "min_count_applied": self.min_count_applied,
+            "collapse_duplicates": self.collapse_requested,
+            "collapse_applied": self.collapse,
+            "month_window_days": self.month_window_days,
+        }
+
+
+def plan_training(request: TrainRequest) -> TrainingPlan:
+    params = request.xgboost_params()
+    return TrainingPlan(
+        taxi=request.taxi,
+        model=request.model,
+        features=request.feature_set,
+        params=params,
+        min_count=request.min_count,
+        min_count_applied=vocabulary_min_count(request.model, params, request.min_count),
+        collapse_requested=request.collapse_duplicates,
+        collapse=fits_collapsed_rows(request.model, request.collapse_duplicates),
+        month_window_days=request.month_window_days,
+    )
+
+
+def fit_plan_vocabulary(plan: TrainingPlan, train: PreparedTrips) -> FeatureVocabulary:
+    return fit_vocabulary(train.frame, plan.features, min_count=plan.min_count_applied)
+
+
+def fit_matrix(plan: TrainingPlan, prepared: PreparedTrips, vocabulary: FeatureVocabulary) -> FeatureMatrix:
+    """The rows a fit sees (collapsed and weighted, or every row), in the model's precision."""
+    frame = collapse_duplicate_rows(prepared.frame, vocabulary.features) if plan.collapse else prepared.frame
+    return build_feature_matrix(frame, vocabulary, FEATURE_DTYPE[plan.model])
+
+
+def fit_duration_model(plan: TrainingPlan, train: FeatureMatrix, val: FeatureMatrix, *, callbacks: list | None = None) -> DurationModel:
+    if plan.model == "linear":
+        return fit_linear(train.X, train.target, train.weight)
+    return fit_xgboost(train.X, train.target, val.X, val.target, plan.params, weight_train=train.weight, weight_val=val.weight, callbacks=callbacks)
+
+
+def evaluate_duration_model(model: DurationModel, val: PreparedTrips, vocabulary: FeatureVocabulary) -> RegressionMetrics:
+    """Metrics over every validation row (whatever the fit saw)."""
+    return regression_metrics(val.frame[DURATION].to_numpy(), predict_trips(model, val.frame, vocabulary))
+
+
+def training_facts(
+    plan: TrainingPlan,
+    train: MonthFacts,
+    val: MonthFacts,
+    vocabulary: FeatureVocabulary,
+    model: DurationModel,
+    metrics: RegressionMetrics,
+) -> TrainingFacts:
+    return TrainingFacts(
+        taxi=plan.taxi,
+        model=plan.model,
+        features=plan.features,
+        train=train,
+        val=val,
+        n_features=vocabulary.size,
+        n_features_pruned=vocabulary.pruned,
+        rmse=metrics.rmse,
+        mae=metrics.mae,
+        model_params=asdict(plan.params) if plan.model == "xgboost" else {},
+        options=plan.options(),
+        intercept=model.intercept if isinstance(model, LinearModel) else None,
+        best_iteration=model.best_iteration if isinstance(model, XGBoostModel) else None,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    plan: TrainingPlan
+    vocabulary: FeatureVocabulary
+    model: DurationModel
+    metrics: RegressionMetrics
+    facts: TrainingFacts
+    rows_fit: int
+    fit_seconds: float
+
+
+def train_on_prepared(request: TrainRequest, train: PreparedTrips, val: PreparedTrips, train_facts: MonthFacts, val_facts: MonthFacts) -> TrainingOutcome:
+    """Every step after preparation, in one call (what the flow's tasks do one by one)."""
+    plan = plan_training(request)
+    vocabulary = fit_plan_vocabulary(plan, train)
+    x_train, x_val = fit_matrix(plan, train, vocabulary), fit_matrix(plan, val, vocabulary)
+    started = time.perf_counter()
+    model = fit_duration_model(plan, x_train, x_val)
+    fit_seconds = time.perf_counter() - started
+    metrics = evaluate_duration_model(model, val, vocabulary)
+    facts = training_facts(plan, train_facts, val_facts, vocabulary, model, metrics)
+    return TrainingOutcome(plan, vocabulary, model, metrics, facts, x_train.X.shape[0], fit_seconds)

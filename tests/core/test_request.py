@@ -1,0 +1,56 @@
+"""One definition of a training request: the CLI's options and the flow's run form come from it."""
+
+import pytest
+from prefect.utilities.callables import parameter_schema
+
+from taxiflow.cli import TRAIN_OPTION_NAMES, _build_parser
+from taxiflow.cli_requests import option_names, request_values
+from taxiflow.core.errors import InvalidArgumentError
+from taxiflow.core.request import TrainRequest, validated_request
+from taxiflow.flows.train import train
+
+NAMES = option_names(TrainRequest, TRAIN_OPTION_NAMES)
+
+
+def test_the_flow_form_is_the_request_flat_and_typed():
+    schema = parameter_schema(train).model_dump()["properties"]
+    assert list(schema) == list(TrainRequest.model_fields)
+    assert schema["taxi"]["enum"] == ["green", "yellow", "fhv", "fhvhv"]
+    assert schema["train_month"]["pattern"] == r"^\d{4}-(0[1-9]|1[0-2])$"
+    assert schema["max_depth"]["anyOf"][0] == {"maximum": 64, "minimum": 1, "type": "integer"}
+    assert schema["promotion_margin"]["maximum"] == 60 and schema["promote"]["enum"] == ["auto", "never", "force"]
+    assert schema["features"]["items"]["enum"] == ["pu_do", "pu", "do", "distance"]
+    assert schema["max_depth"]["description"] == "XGBoost max_depth (default 30)"
+
+
+def test_every_field_is_a_cli_option_and_only_given_ones_are_passed():
+    train_parser = _build_parser()._subparsers._group_actions[0].choices["train"]  # the `train` subcommand
+    options = {option for action in train_parser._actions for option in action.option_strings}
+    assert set(NAMES.values()) <= options
+    args = train_parser.parse_args(["--train-month", "2023-01", "--val-month", "2023-02", "--features", "pu,do", "--no-collapse-duplicates"])
+    assert request_values(args, TrainRequest) == {"train_month": "2023-01", "val_month": "2023-02", "features": ["pu", "do"], "collapse_duplicates": False}
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"max_depth": "100"}, "--max-depth: expected an integer in 1..64, got '100'"),
+        ({"promotion_margin": "-1"}, "--promotion-margin: expected a number in 0..60, got '-1'"),
+        ({"taxi": "blue"}, "--taxi: expected one of green, yellow, fhv or fhvhv, got 'blue'"),
+        ({"train_month": "2023-13"}, "--train-month: month must be 01..12, got '2023-13'"),
+        ({"taxi": "fhv"}, "--features: fhv trips have no distance column"),
+        ({"promote": "force"}, "--promote force needs --reason: who is forcing it and why"),
+        ({"notify": ["webhook:"]}, "notification target 'webhook:'"),
+        ({"bogus": 1}, "bogus: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_values_name_the_option_and_what_is_allowed(values, message):
+    with pytest.raises(InvalidArgumentError) as caught:
+        validated_request(TrainRequest, values, option_names=NAMES)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_a_valid_request_keeps_the_model_defaults():
+    request = validated_request(TrainRequest, {"train_month": "2021-01", "val_month": "2021-02", "max_depth": "6"})
+    assert (request.max_depth, request.model, request.feature_set) == (6, "xgboost", ("pu_do", "distance"))
+    assert request.xgboost_params().max_depth == 6 and request.xgboost_params().learning_rate == 0.09585355369315604
