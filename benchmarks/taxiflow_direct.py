@@ -112,7 +112,7 @@ def run(
     with timer.stage("train"):
         model = fit_duration_model(plan, m.x_fit, m.x_stop)
     with timer.stage("evaluate"):
-        metrics = evaluate_duration_model(model, m.val, m.vocabulary)
+        metrics = evaluate_duration_model(model, m.val, m.vocabulary).metrics
     with timer.stage("log"):
         month_facts = [MonthFacts(f.month, f.path, f.sha256, p.rows_read, p.rows_kept, p.dropped) for f, p in zip(m.files, (m.train, m.val), strict=True)]
         training = training_facts(plan, month_facts[0], month_facts[1], m.vocabulary, model, metrics)

@@ -9,6 +9,7 @@ from the console here, not suppressed globally.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -19,6 +20,7 @@ from taxiflow.core.errors import TaxiflowError
 _MLFLOW_NOISE = ("Failed to resolve installed pip version", "Detected uv project", "Creating initial MLflow database tables", "Updating database tables")
 
 
+@functools.cache  # asked on every ERROR record; the error classes are all loaded by then
 def _expected_error_names() -> tuple[str, ...]:
     names, pending = set(), [TaxiflowError]
     while pending:

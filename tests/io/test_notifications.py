@@ -17,15 +17,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from taxiflow.core.errors import InvalidArgumentError
 from taxiflow.core.messages import LifecycleEvent
-from taxiflow.io.notifications import (
-    EmailTarget,
-    WebhookTarget,
-    configured_targets,
-    notify,
-    parse_target,
-    save_email_block,
-    save_webhook_block,
-)
+from taxiflow.core.notification_targets import EmailTarget, WebhookTarget, parse_target
+from taxiflow.io.notifications import configured_targets, notify, save_email_block, save_webhook_block
 from taxiflow.jobs.notify import add_notify_parser, current_flow_run_url, notify_train_run_state, run_notify_command, send_event
 from tests.support.receivers import down_url, smtp_receiver, webhook_receiver
 from tests.support.servers import free_port

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from taxiflow.core.errors import InvalidArgumentError
 from taxiflow.core.feature_names import parse_features, required_columns
 from taxiflow.core.months import Month, parse_month_pair
+from taxiflow.core.notification_targets import parse_target
 from taxiflow.core.schema import check_fields_available
 from taxiflow.core.xgboost_params import XGBoostParams
 
@@ -82,8 +83,6 @@ class TrainRequest(BaseModel):
         if self.promote == "force" and not (self.promotion_reason or "").strip():
             raise InvalidArgumentError("promote force needs promotion_reason: who is forcing it and why")
         if self.notify:
-            from taxiflow.io.notifications import parse_target  # parsing only; sends nothing
-
             for target in self.notify:
                 parse_target(target)
         return self

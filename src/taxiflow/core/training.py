@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from taxiflow.core.xgboost_params import XGBoostParams
+from taxiflow.core.xgboost_params import XGBoostParams  # defined apart so argument checks import no numpy; re-exported
 
 if TYPE_CHECKING:
     import xgboost as xgb  # imported where used: importing this module must stay cheap
 
-__all__ = ["XGBoostParams"]  # re-exported: defined apart so argument checks import no numpy
 
 ModelKind = Literal["xgboost", "linear"]
 MODEL_KINDS: tuple[str, ...] = ("xgboost", "linear")

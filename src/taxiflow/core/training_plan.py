@@ -3,13 +3,14 @@
 `plan_training` turns a request into the decisions the steps share (the vocabulary threshold
 XGBoost can split on, whether rows collapse, the matrix precision); each step below is one stage of
 the pipeline. The `train` flow runs them as tasks (one per stage in the UI), the benchmarks call
-`train_on_prepared` directly, and a distributed engine would replace only the fitting step.
+the same steps with a timer around each, and a distributed engine would replace only the fitting step.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from taxiflow.core.features import FeatureMatrix, FeatureVocabulary, build_feature_matrix, collapse_duplicate_rows, fit_vocabulary
 from taxiflow.core.metrics import RegressionMetrics, regression_metrics
@@ -84,9 +85,16 @@ def fit_duration_model(plan: TrainingPlan, train: FeatureMatrix, val: FeatureMat
     return fit_xgboost(train.X, train.target, val.X, val.target, plan.params, weight_train=train.weight, weight_val=val.weight, callbacks=callbacks)
 
 
-def evaluate_duration_model(model: DurationModel, val: PreparedTrips, vocabulary: FeatureVocabulary) -> RegressionMetrics:
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: RegressionMetrics
+    predictions: np.ndarray  # minutes, one per validation row: the report's plots reuse them
+
+
+def evaluate_duration_model(model: DurationModel, val: PreparedTrips, vocabulary: FeatureVocabulary) -> Evaluation:
     """Metrics over every validation row (whatever the fit saw)."""
-    return regression_metrics(val.frame[DURATION].to_numpy(), predict_trips(model, val.frame, vocabulary))
+    predictions = predict_trips(model, val.frame, vocabulary)
+    return Evaluation(regression_metrics(val.frame[DURATION].to_numpy(), predictions), predictions)
 
 
 def training_facts(
@@ -112,27 +120,3 @@ def training_facts(
         intercept=model.intercept if isinstance(model, LinearModel) else None,
         best_iteration=model.best_iteration if isinstance(model, XGBoostModel) else None,
     )
-
-
-@dataclass(frozen=True)
-class TrainingOutcome:
-    plan: TrainingPlan
-    vocabulary: FeatureVocabulary
-    model: DurationModel
-    metrics: RegressionMetrics
-    facts: TrainingFacts
-    rows_fit: int
-    fit_seconds: float
-
-
-def train_on_prepared(request: TrainRequest, train: PreparedTrips, val: PreparedTrips, train_facts: MonthFacts, val_facts: MonthFacts) -> TrainingOutcome:
-    """Every step after preparation, in one call (what the flow's tasks do one by one)."""
-    plan = plan_training(request)
-    vocabulary = fit_plan_vocabulary(plan, train)
-    x_train, x_val = fit_matrix(plan, train, vocabulary), fit_matrix(plan, val, vocabulary)
-    started = time.perf_counter()
-    model = fit_duration_model(plan, x_train, x_val)
-    fit_seconds = time.perf_counter() - started
-    metrics = evaluate_duration_model(model, val, vocabulary)
-    facts = training_facts(plan, train_facts, val_facts, vocabulary, model, metrics)
-    return TrainingOutcome(plan, vocabulary, model, metrics, facts, x_train.X.shape[0], fit_seconds)

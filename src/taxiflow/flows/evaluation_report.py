@@ -9,16 +9,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from taxiflow.core.evaluation import compare_by_distance_band, rmse_by_borough, rmse_by_distance_band
-from taxiflow.core.features import FeatureVocabulary
 from taxiflow.core.preparation import PreparedTrips
 from taxiflow.core.schema import DISTANCE, DURATION, PICKUP_ZONE
 from taxiflow.core.summary import RegisteredModel
-from taxiflow.core.training import DurationModel, predict_trips
 from taxiflow.flows.lifecycle import GateResult
 from taxiflow.io import plots
 from taxiflow.io.sources import HttpSource
@@ -43,8 +42,7 @@ def get_zone_boroughs(data_dir: str | None, source: HttpSource | None, cache_roo
 def publish_evaluation_report(
     store: TrackingStore,
     registered: RegisteredModel,
-    fitted: DurationModel,
-    vocabulary: FeatureVocabulary,
+    y_pred: np.ndarray,
     val: PreparedTrips,
     gate: GateResult,
     zones: ZoneLookup | None,
@@ -52,7 +50,6 @@ def publish_evaluation_report(
     """PNG plots as MLflow artifacts under `plots/`, and the `rmse-by-borough` table in Prefect; returns the plot names."""
     logger = get_run_logger()
     y_true = val.frame[DURATION].to_numpy()
-    y_pred = predict_trips(fitted, val.frame, vocabulary)
     label = f"v{registered.model_version}"
     made: list[str] = []
     with tempfile.TemporaryDirectory(prefix="taxiflow-plots-") as tmp:

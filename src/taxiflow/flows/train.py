@@ -18,7 +18,6 @@ from prefect.runtime import flow_run
 
 from taxiflow.core.features import FeatureMatrix, FeatureVocabulary, required_columns
 from taxiflow.core.messages import LifecycleEvent
-from taxiflow.core.metrics import RegressionMetrics
 from taxiflow.core.months import Month
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
 from taxiflow.core.report import render_training_report
@@ -27,6 +26,7 @@ from taxiflow.core.schema import DROPOFF_AT, PICKUP_AT, layout_for
 from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, data_quality_rows, training_summary
 from taxiflow.core.training import DurationModel
 from taxiflow.core.training_plan import (
+    Evaluation,
     TrainingPlan,
     evaluate_duration_model,
     fit_duration_model,
@@ -111,10 +111,10 @@ def fit_model(plan: TrainingPlan, train: FeatureMatrix, val: FeatureMatrix) -> D
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate_model(model: DurationModel, val: PreparedTrips, vocabulary: FeatureVocabulary) -> RegressionMetrics:
-    metrics = evaluate_duration_model(model, val, vocabulary)
-    get_run_logger().info("validation RMSE %.4f, MAE %.4f", metrics.rmse, metrics.mae)
-    return metrics
+def evaluate_model(model: DurationModel, val: PreparedTrips, vocabulary: FeatureVocabulary) -> Evaluation:
+    evaluation = evaluate_duration_model(model, val, vocabulary)
+    get_run_logger().info("validation RMSE %.4f, MAE %.4f", evaluation.metrics.rmse, evaluation.metrics.mae)
+    return evaluation
 
 
 @task(cache_policy=NO_CACHE)
@@ -237,8 +237,8 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
     fit_started = time.perf_counter()
     fitted = fit_model(plan, x_train, x_val)
     fit_seconds = time.perf_counter() - fit_started
-    metrics = evaluate_model(fitted, val_trips, vocabulary)
-    facts = training_facts(plan, _month_facts(train_file, train_trips), _month_facts(val_file, val_trips), vocabulary, fitted, metrics)
+    evaluation = evaluate_model(fitted, val_trips, vocabulary)
+    facts = training_facts(plan, _month_facts(train_file, train_trips), _month_facts(val_file, val_trips), vocabulary, fitted, evaluation.metrics)
     publish_data_quality(facts)
 
     # The commit point is the end of `commit_with_decision`: the version is usable (and may become
@@ -254,7 +254,7 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
             gate = evaluate_gate(
                 registry, registered, fitted, vocabulary, val_trips, facts, request.promote, request.promotion_margin, request.promotion_reason
             )
-            plots = publish_evaluation_report(store, registered, fitted, vocabulary, val_trips, gate, zones.result())
+            plots = publish_evaluation_report(store, registered, evaluation.predictions, val_trips, gate, zones.result())
             publish_promotion_decision(gate, registered, facts.val.month)
             publish_report(facts, registered, gate, links, plots)
             commit_with_decision(store, registry, registered, gate, facts.val.month)

@@ -87,7 +87,8 @@ def _problem(fh: BufferedReader, entry: TripFile, recorded_stamp: dict | None, s
     return None
 
 
-def _slug(identity: str) -> str:
+def source_directory_name(identity: str) -> str:
+    """The cache directory of one source: readable, and unique per source identity."""
     readable = re.sub(r"[^A-Za-z0-9]+", "-", identity.split("://", 1)[-1]).strip("-")[:40]
     return f"{readable}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
@@ -97,7 +98,7 @@ class MonthCache:
         self.root = root
 
     def _entry(self, source: MonthSource, taxi: str, month: str) -> Path:
-        return self.root / _slug(source.identity) / tlc_file_name(taxi, month)
+        return self.root / source_directory_name(source.identity) / tlc_file_name(taxi, month)
 
     @staticmethod
     def _sidecar(path: Path) -> Path:

@@ -33,12 +33,20 @@ from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from taxiflow.core.errors import InvalidArgumentError
+from taxiflow.core.notification_targets import (
+    _ADDRESS,
+    WEBHOOK_URL_ENV,
+    EmailTarget,
+    Target,
+    WebhookTarget,
+    check_block_name,
+    parse_target,
+)
 from taxiflow.io.blocks import load_block, save_block
 
 LOGGER = logging.getLogger("taxiflow.notifications")
 
 TARGETS_ENV = "TAXIFLOW_NOTIFY_TARGETS"  # whitespace-separated targets
-WEBHOOK_URL_ENV = "TAXIFLOW_WEBHOOK_URL"
 SMTP_PASSWORD_ENV = "TAXIFLOW_SMTP_PASSWORD"
 SENDER_ENV = "TAXIFLOW_NOTIFY_FROM"  # the e-mails' From (default: the SMTP username if an address, else taxiflow@localhost)
 DEFAULT_SENDER = "taxiflow@localhost"
@@ -46,75 +54,11 @@ DEFAULT_SENDER = "taxiflow@localhost"
 WEBHOOK_URL_KEY = "webhook_url"  # the secret's key, templated into the block's url
 SLACK_PAYLOAD = {"text": "{{subject}}\n{{body}}"}  # Slack's incoming-webhook format (also Mattermost, Rocket.Chat, ...)
 SMTP_TYPES: tuple[str, ...] = ("INSECURE", "SSL", "STARTTLS")
-TARGET_FORMS = "webhook:<block> or email:<block>:<to>[,<to>...]"
 
-_BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # Prefect's rule for block document names
-_ADDRESS = re.compile(r"^[^@\s,;:<>()\[\]\"\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _ANY_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 # --- targets -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WebhookTarget:
-    block: str
-
-    @property
-    def label(self) -> str:
-        return f"webhook:{self.block}"
-
-
-@dataclass(frozen=True)
-class EmailTarget:
-    block: str
-    recipients: tuple[str, ...]
-
-    @property
-    def label(self) -> str:
-        return f"email:{self.block}"  # recipients stay out of logs
-
-
-Target = WebhookTarget | EmailTarget
-
-
-def check_block_name(name: str, *, what: str = "block name") -> str:
-    if not _BLOCK_NAME.match(name or ""):
-        raise InvalidArgumentError(f"{what} {name!r}: use lowercase letters, digits and dashes (a Prefect block name)")
-    return name
-
-
-def parse_target(text: str) -> Target:
-    """`webhook:<block>` or `email:<block>:<to>[,<to>...]`; InvalidArgumentError saying what is wrong otherwise."""
-    text = (text or "").strip()
-    if not text:
-        raise InvalidArgumentError(f"empty notification target: expected {TARGET_FORMS}")
-    kind, _, rest = text.partition(":")
-    if "://" in text:
-        # Never echo it: it may be the secret webhook URL itself.
-        raise InvalidArgumentError(
-            f"a notification target names a Prefect block, not a URL (got a URL for {kind!r}, not shown): "
-            f"save the URL in a block with `taxiflow notify webhook --name NAME` ({WEBHOOK_URL_ENV} in the environment)"
-        )
-    if kind == "webhook":
-        if ":" in rest:
-            raise InvalidArgumentError(f"notification target {text!r}: expected webhook:<block> (recipients are for email targets)")
-        return WebhookTarget(check_block_name(rest, what=f"notification target {text!r}: block name"))
-    if kind == "email":
-        block, _, recipients_text = rest.partition(":")
-        check_block_name(block, what=f"notification target {text!r}: block name")
-        recipients = tuple(r.strip() for r in re.split(r"[,;]", recipients_text) if r.strip())
-        if not recipients:
-            raise InvalidArgumentError(f"notification target {text!r}: expected email:<block>:<to>[,<to>...] with at least one recipient")
-        for address in recipients:
-            if not _ADDRESS.match(address):
-                raise InvalidArgumentError(f"notification target {text!r}: {address!r} is not an e-mail address")
-        return EmailTarget(block, recipients)
-    raise InvalidArgumentError(f"notification target {text!r}: unknown kind {kind!r}, expected {TARGET_FORMS}")
-
-
-def parse_targets(texts: Sequence[str]) -> list[Target]:
-    return [parse_target(t) for t in texts]
 
 
 def configured_targets(environ: Mapping[str, str] | None = None) -> list[str]:

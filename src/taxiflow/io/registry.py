@@ -135,7 +135,7 @@ class ModelRegistry:
         tags = {
             PREVIOUS_TAG: previous or "",
             "taxiflow.promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "taxiflow.promoted_by": who or _who(),
+            "taxiflow.promoted_by": who or current_user(),
             "taxiflow.promotion_reason": reason[:4000],
         }
         for key, value in tags.items():
@@ -161,7 +161,7 @@ class ModelRegistry:
         return version.tags.get(STATE_TAG) == COMMITTED
 
 
-def _who() -> str:
+def current_user() -> str:
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name in some containers

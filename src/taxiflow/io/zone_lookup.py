@@ -25,7 +25,7 @@ import polars as pl
 from taxiflow.core.errors import DataFileError
 from taxiflow.core.evaluation import ZoneBoroughs, zone_boroughs_from_lookup
 from taxiflow.io.file_lock import exclusive_file_lock
-from taxiflow.io.month_cache import _slug, file_sha256
+from taxiflow.io.month_cache import file_sha256, source_directory_name
 from taxiflow.io.sources import FetchedObject, HttpSource
 
 log = logging.getLogger("taxiflow.zone_lookup")
@@ -102,7 +102,7 @@ def get_zone_lookup(*, data_dir: Path | None, source: HttpSource | None, cache_r
         where = data_dir / ZONE_LOOKUP_NAME if data_dir is not None else ZONE_LOOKUP_NAME
         raise DataFileError(f"{where} not found and no download source is configured; expected the TLC's zone lookup")
     download = _LookupDownload(source)
-    path = cache_root / _slug(source.identity) / ZONE_LOOKUP_NAME
+    path = cache_root / source_directory_name(source.identity) / ZONE_LOOKUP_NAME
     with exclusive_file_lock(path.with_name(path.name + ".lock")):
         if not refresh and path.is_file():
             try:

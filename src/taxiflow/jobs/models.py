@@ -17,7 +17,7 @@ from taxiflow.core.errors import InvalidArgumentError
 from taxiflow.core.features import required_columns
 from taxiflow.core.schema import DISTANCE, DROPOFF_ZONE, PICKUP_ZONE
 from taxiflow.core.training import predict_trips
-from taxiflow.io.registry import CHAMPION, PREVIOUS_TAG, ModelLoadError, ModelRegistry, _who, promotion_lock
+from taxiflow.io.registry import CHAMPION, PREVIOUS_TAG, ModelLoadError, ModelRegistry, current_user, promotion_lock
 from taxiflow.io.tracking import PENDING, STATE_TAG, TrackingStore
 from taxiflow.settings import TaxiflowSettings
 
@@ -137,7 +137,7 @@ def rollback_champion(settings: TaxiflowSettings, tracking_uri: str, model_name:
             str(current.version),
             {
                 "taxiflow.rolled_back_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "taxiflow.rolled_back_by": _who(),
+                "taxiflow.rolled_back_by": current_user(),
                 "taxiflow.rolled_back_reason": reason or "",
             },
         )

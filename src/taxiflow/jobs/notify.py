@@ -22,17 +22,14 @@ from typing import Any
 
 from taxiflow.core.errors import InvalidArgumentError
 from taxiflow.core.messages import LifecycleEvent, render_message
+from taxiflow.core.notification_targets import TARGET_FORMS, WEBHOOK_URL_ENV, check_block_name, parse_targets
 from taxiflow.io.notifications import (
     SMTP_PASSWORD_ENV,
     SMTP_TYPES,
-    TARGET_FORMS,
     TARGETS_ENV,
-    WEBHOOK_URL_ENV,
     Delivery,
-    check_block_name,
     configured_targets,
     notify,
-    parse_targets,
     save_email_block,
     save_webhook_block,
 )
