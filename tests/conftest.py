@@ -63,17 +63,36 @@ def state_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def run_taxiflow(tmp_path, state_dir, prefect_api):
-    """Run the `taxiflow` command as a user would, against the session's Prefect server."""
+    """Run the `taxiflow` command as a user would, against the session's Prefect server.
+
+    With `server=False` no Prefect server is given: a run then starts the local one (kept warm for
+    later runs), in this test's own PREFECT_HOME; it is stopped when the test ends.
+    """
+    started_local_server = False
 
     def run(*args: str, env: dict[str, str] | None = None, server: bool = True, timeout: float = 600) -> CommandResult:
+        nonlocal started_local_server
         full_env = base_env(TAXIFLOW_STATE_DIR=str(state_dir))
         if server:
             full_env["PREFECT_API_URL"] = prefect_api
+        else:
+            full_env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+            started_local_server = True
         full_env.update(env or {})
         proc = subprocess.run([str(VENV_BIN / "taxiflow"), *args], cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout)
         return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
-    return run
+    yield run
+    if started_local_server:
+        stop_local_prefect(state_dir)
+
+
+def stop_local_prefect(state_dir: Path) -> None:
+    """Stop the local Prefect server runs in `state_dir` keep warm (what `taxiflow stack down` does)."""
+    from taxiflow.platform.local_prefect import stop_local_server
+    from taxiflow.settings import TaxiflowSettings
+
+    stop_local_server(TaxiflowSettings(state_dir=state_dir))
 
 
 def registered_versions(state_dir: Path, model_name: str = "nyc-taxi-duration") -> list[str]:

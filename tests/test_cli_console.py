@@ -6,8 +6,11 @@ and on the console with -v.
 
 from __future__ import annotations
 
+import shutil
+
 import httpx
 
+from tests.conftest import REPO
 from tests.support.servers import copy_month
 
 NOISE = (
@@ -16,6 +19,7 @@ NOISE = (
     "type hints to the `predict` method",
     "Failed to resolve installed pip version",
     "Detected uv project",
+    "Copied uv.lock",
     "Successfully registered model",
     "View run",
     "Creating initial MLflow database tables",
@@ -62,7 +66,10 @@ def test_an_expected_failure_shows_one_message_and_prefect_keeps_the_traceback(r
     assert "Traceback" in verbose.stderr and verbose.stderr.strip().splitlines()[-1] == lines[-1]
 
 
-def test_a_successful_run_prints_no_library_noise(run_taxiflow, tlc_dir):
+def test_a_successful_run_prints_no_library_noise(run_taxiflow, tlc_dir, tmp_path):
+    # Run from a uv project, as from a checkout (MLflow then copies its lock file into the model, and says so).
+    for name in ("pyproject.toml", "uv.lock"):
+        shutil.copy(REPO / name, tmp_path / name)
     result = run_taxiflow("train", "--model", "linear", "--train-month", "2023-01", "--val-month", "2023-02", "--data-dir", str(tlc_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     for noise in NOISE:

@@ -37,7 +37,7 @@ def _validation_rmse_of_registered_model(tracking_uri: str, model_uri: str, val_
 
 
 def test_main_job_without_a_prefect_server_matches_the_course(run_taxiflow, tlc_dir, state_dir):
-    """The README's main command: no Prefect server (a temporary one starts), SQLite MLflow, local files."""
+    """The README's main command: no Prefect server (the local one starts), SQLite MLflow, local files."""
     result = run_taxiflow("train", "--taxi", "green", "--train-month", "2023-01", "--val-month", "2023-02", "--data-dir", str(tlc_dir), "--json", server=False)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = result.json()

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from taxiflow.cli_requests import add_request_options, option_names, request_values
 from taxiflow.core.errors import InvalidArgumentError, TaxiflowError
@@ -13,6 +14,9 @@ from taxiflow.core.months import parse_month_range
 from taxiflow.core.request import TrainRequest, validated_request
 from taxiflow.core.schema import TAXI_TYPES
 from taxiflow.jobs.notify import add_notify_parser, run_notify_command
+
+if TYPE_CHECKING:
+    from taxiflow.platform.local_prefect import LocalServer
 
 # Defaults a user's environment can override. Telemetry calls fail offline and only add noise.
 # Without a server Prefect starts a temporary one, and on a new PREFECT_HOME it first migrates a new
@@ -118,7 +122,7 @@ def _stack(args: argparse.Namespace) -> int:
         return 0
     checks = stack_checks(settings)
     for check in checks:
-        print(f"{'ok ' if check.ok else 'BAD'}  {check.name:<13}{check.detail}")
+        print(f"{'ok ' if check.ok else 'BAD'}  {check.name:<15}{check.detail}")
     return 0 if all(c.ok for c in checks) else 1
 
 
@@ -144,10 +148,8 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reuse_running_stack() -> None:
-    """Without PREFECT_API_URL, use the local stack's Prefect server if it is up (saves Prefect's ~10-15 s temporary server)."""
-    if "PREFECT_API_URL" in os.environ:
-        return
+def _reuse_running_stack() -> bool:
+    """Without PREFECT_API_URL, use the local stack's Prefect server if it is up."""
     from taxiflow.platform.processes import is_healthy
     from taxiflow.platform.stack import StackState
     from taxiflow.settings import load_settings
@@ -157,6 +159,38 @@ def _reuse_running_stack() -> None:
     if prefect is not None and is_healthy(prefect, timeout_s=1.0):
         os.environ["PREFECT_API_URL"] = state.urls["prefect_api"]
         print(f"taxiflow: using the running stack's Prefect server at {state.urls['prefect_api']}", file=sys.stderr)
+        return True
+    return False
+
+
+def _connect_prefect() -> LocalServer | None:
+    """Point this run at a Prefect server: PREFECT_API_URL, else the stack's, else the local one kept warm between runs.
+
+    The local server is started (when none runs) without waiting: it comes up while the flow's code
+    imports; the caller waits for it (`wait_ready`) just before the flow starts.
+    """
+    if "PREFECT_API_URL" in os.environ or _reuse_running_stack():
+        return None
+    from taxiflow.settings import load_settings
+
+    settings = load_settings()
+    if settings.local_prefect_idle_s <= 0:
+        from taxiflow.io.prefect_database import ensure_local_prefect_database
+
+        ensure_local_prefect_database()  # Prefect's temporary server, inside this run
+        return None
+    from taxiflow.platform.local_prefect import lease_local_server
+
+    server = lease_local_server(settings, settings.local_prefect_idle_s)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    if server.started_now:
+        print(
+            f"taxiflow: starting a local Prefect server for this and later runs: UI at {server.ui_url} "
+            f"(stops after {settings.local_prefect_idle_s:.0f} s without runs, or with `taxiflow stack down`; "
+            "a new Prefect database is set up on its first start, ~20 s)",
+            file=sys.stderr,
+        )
+    return server
 
 
 def _check_tracking_store(request: TrainRequest) -> None:
@@ -179,12 +213,11 @@ def _train(args: argparse.Namespace) -> int:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
 
     _check_tracking_store(request)
-    _reuse_running_stack()
-    if "PREFECT_API_URL" not in os.environ:
-        from taxiflow.io.prefect_database import ensure_local_prefect_database
-
-        ensure_local_prefect_database()
+    local_server = _connect_prefect()
     from taxiflow.flows.train import train
+
+    if local_server is not None:
+        local_server.wait_ready()
 
     global _FLOW_STARTED
     _FLOW_STARTED = True
@@ -348,5 +381,35 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _skip_interpreter_teardown(exit_code: list[int]) -> None:
+    """The last exit handler of the `taxiflow` command (after Prefect's and MLflow's own).
+
+    Once output and Prefect's log and event queues are flushed, nothing is left to do but free every
+    module, which takes ~1 s with Prefect, MLflow and XGBoost loaded: exit without it.
+    """
+    if "prefect" in sys.modules:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):
+            worker.drain_all(timeout=10)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code[0] if exit_code else 1)
+
+
+def entry() -> None:
+    """The console script: `main`, then a fast exit."""
+    import atexit
+
+    exit_code: list[int] = []
+    atexit.register(_skip_interpreter_teardown, exit_code)  # registered first, so it runs last
+    try:
+        exit_code.append(main())
+    except KeyboardInterrupt:
+        exit_code.append(130)
+    sys.exit(exit_code[0])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from taxiflow.core.errors import TaxiflowError
 
-_MLFLOW_NOISE = ("Failed to resolve installed pip version", "Detected uv project", "Creating initial MLflow database tables", "Updating database tables")
+_MLFLOW_NOISE = (
+    "Failed to resolve installed pip version",
+    "Detected uv project",
+    "Creating initial MLflow database tables",
+    "Updating database tables",
+    "Copied uv.lock to model artifacts",  # run from the repository (a uv project): MLflow keeps its lock with the model
+    "Copied pyproject.toml to model artifacts",
+)
 
 
 @functools.cache  # asked on every ERROR record; the error classes are all loaded by then
@@ -90,5 +97,5 @@ def quiet_prefect_console() -> None:
 
 
 def quiet_mlflow_console() -> None:
-    for name in ("mlflow.utils.environment", "mlflow.store.db.utils", "mlflow.models.model"):
+    for name in ("mlflow.utils.environment", "mlflow.store.db.utils", "mlflow.models.model", "mlflow.utils.uv_utils"):
         logging.getLogger(name).addFilter(_DropMessages(_MLFLOW_NOISE))

@@ -24,6 +24,11 @@ class TaxiflowSettings(BaseSettings):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; else MLFLOW_TRACKING_URI; else SQLite")
     tracking_retry_s: float = Field(120.0, ge=0, description="How long registration retries a tracking store that is unreachable, restarting or busy")
     notify_targets: str = Field("", description="Notification targets, space-separated: webhook:<block> email:<block>:<to>[,<to>]")
+    local_prefect_idle_s: float = Field(
+        900.0,
+        ge=0,
+        description="Without PREFECT_API_URL or the stack: keep a local Prefect server this long after the last run (0: a temporary server per run)",
+    )
     experiment_name: str = "nyc-taxi-experiment"
     model_name: str = "nyc-taxi-duration"
 

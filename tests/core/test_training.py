@@ -5,7 +5,6 @@ import pytest
 import scipy.sparse as sp
 
 from taxiflow.core.errors import InvalidArgumentError
-from taxiflow.core.metrics import regression_metrics
 from taxiflow.core.training import LinearModel, XGBoostParams, fit_linear
 
 
@@ -67,12 +66,6 @@ def test_linear_model_recovers_known_coefficients_and_round_trips():
     np.testing.assert_array_equal(restored.coef, model.coef)
     np.testing.assert_array_equal(restored.predict(X), model.predict(X))
     np.testing.assert_allclose(restored.predict(X), y)
-
-
-def test_metrics():
-    m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 1.0]))
-    assert m.rmse == pytest.approx(np.sqrt(5 / 3))
-    assert m.mae == pytest.approx(1.0)
 
 
 def _splits(model) -> list[str]:

@@ -80,6 +80,12 @@ def _stat(pid: int) -> _Stat | None:
     return _Stat(fields[0], int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
 
 
+def start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot), None if there is no such live process: with the PID, its identity."""
+    st = _stat(pid)
+    return st.start_ticks if st is not None and st.state != "Z" else None
+
+
 def _alive(pid: int, start_ticks: int) -> bool:
     """`pid` is still the process that started at `start_ticks`, and not a zombie (which runs nothing)."""
     st = _stat(pid)
@@ -154,6 +160,15 @@ def start_service(
     name: str, cmd: list[str], *, env: dict[str, str], log: Path, port: int | None, health_url: str | None, marker: str, timeout_s: float = 90
 ) -> ServiceProcess:
     """Start `cmd` detached (own session, output to `log`) and wait until it is healthy."""
+    service, process = launch_service(name, cmd, env=env, log=log, port=port, health_url=health_url, marker=marker)
+    wait_until_healthy(service, process, timeout_s=timeout_s)
+    return service
+
+
+def launch_service(
+    name: str, cmd: list[str], *, env: dict[str, str], log: Path, port: int | None, health_url: str | None, marker: str
+) -> tuple[ServiceProcess, subprocess.Popen]:
+    """Start `cmd` detached (own session, output to `log`) without waiting: the caller waits when it needs it."""
     log.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(8)
     with open(log, "ab") as out:
@@ -164,15 +179,23 @@ def start_service(
     service = ServiceProcess(
         name, process.pid, port, health_url, str(log), time.time(), marker, pgid=st.pgid, sid=st.sid, start_ticks=st.start_ticks, token=token
     )
+    return service, process
+
+
+def wait_until_healthy(service: ServiceProcess, process: subprocess.Popen | None = None, *, timeout_s: float = 90) -> None:
+    """Wait for the health check; a service that exits or stays unhealthy is stopped and reported with its log."""
+    log = Path(service.log)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise PlatformError(f"{name} exited with code {process.returncode} while starting; see {log}:\n{_tail(log)}")
+        if process is not None and process.poll() is not None:
+            raise PlatformError(f"{service.name} exited with code {process.returncode} while starting; see {log}:\n{_tail(log)}")
+        if process is None and not is_running(service):
+            raise PlatformError(f"{service.name} (pid {service.pid}) exited while starting; see {log}:\n{_tail(log)}")
         if is_healthy(service):
-            return service
-        time.sleep(0.3)
+            return
+        time.sleep(0.2)
     stop_service(service)
-    raise PlatformError(f"{name} was not healthy after {timeout_s:.0f}s; see {log}:\n{_tail(log)}")
+    raise PlatformError(f"{service.name} was not healthy after {timeout_s:.0f}s; see {log}:\n{_tail(log)}")
 
 
 def stop_service(service: ServiceProcess, *, timeout_s: float = 20) -> bool:

@@ -317,8 +317,14 @@ def _write_env_file(root: Path, state: StackState) -> Path:
 
 
 def stack_down(settings: TaxiflowSettings, *, say=print) -> list[str]:
+    """Stop the stack's services, and the local Prefect server runs keep warm when there is no stack."""
+    from taxiflow.platform.local_prefect import stop_local_server
+
     state = StackState.load(settings.stack_dir() / "stack.json")
     stopped = []
+    if (pid := stop_local_server(settings)) is not None:
+        stopped.append("local-prefect")
+        say(f"  local Prefect server stopped (pid {pid})")
     for name in reversed(ORDER):
         service = state.services.get(name)
         if service is None:
@@ -329,7 +335,7 @@ def stack_down(settings: TaxiflowSettings, *, say=print) -> list[str]:
         del state.services[name]
         state.save()
     if not stopped:
-        say("Nothing to stop: the stack is not running.")
+        say("Nothing to stop: the stack is not running (nor a local Prefect server).")
     state.path.unlink(missing_ok=True)
     return stopped
 
@@ -345,10 +351,15 @@ def stack_checks(settings: TaxiflowSettings) -> list[Check]:
     """What `status` reports: each process, then the doctor's end-to-end checks."""
     import httpx
 
+    from taxiflow.platform.local_prefect import local_server_status
+
     state = StackState.load(settings.stack_dir() / "stack.json")
     checks: list[Check] = []
+    if (local := local_server_status(settings)) is not None:
+        detail = f"{local.api_url.removesuffix('/api')} (pid {local.pid}; {local.runs} run(s) using it; stops after {local.idle_s:.0f} s without runs)"
+        checks.append(Check("local prefect", local.healthy, detail if local.healthy else f"DOWN: {detail}; log: {local.log}"))
     if not state.services:
-        return [Check("stack", False, f"not running (no {state.path})")]
+        return [*checks, Check("stack", False, f"not running (no {state.path})")]
     for name in ORDER:
         if (svc := state.services.get(name)) is not None:
             where = f"pid {svc.pid}" + (f", {svc.health_url}" if svc.health_url else "")
