@@ -28,12 +28,19 @@ def train(train_path: Path, val_path: Path, *, num_boost_round: int) -> tuple[St
     import xgboost as xgb
 
     from benchmarks import course, taxiflow_direct
+    from taxiflow.core.features import build_feature_matrix, collapse_duplicate_rows
 
     m = taxiflow_direct.read_to_features(train_path, val_path, StageTimer())
-    full = taxiflow_direct.read_to_features(train_path, val_path, StageTimer(), collapse=False)
+
+    def one_hot(prepared, collapse: bool):
+        # The course's representation (one-hot CSR), whatever taxiflow's own fit uses (zone codes).
+        frame = collapse_duplicate_rows(prepared.frame, m.vocabulary.features) if collapse else prepared.frame
+        return build_feature_matrix(frame, m.vocabulary)
+
     timer = StageTimer()
     facts: dict[str, object] = {}
-    for name, x_train, x_stop in (("all_rows", full.x_fit, full.x_stop), ("fit_rows", m.x_fit, m.x_stop)):
+    for name, collapse in (("all_rows", False), ("fit_rows", True)):
+        x_train, x_stop = one_hot(m.train, collapse), one_hot(m.val, collapse)
         with timer.stage(f"dmatrix_{name}"):
             dtrain = xgb.DMatrix(x_train.X, label=x_train.y, weight=x_train.weight)
             dstop = xgb.DMatrix(x_stop.X, label=x_stop.y, weight=x_stop.weight)

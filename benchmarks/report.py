@@ -6,7 +6,10 @@ from pathlib import Path
 
 STAGES = ("read", "prepare", "features", "train", "evaluate", "log")
 STAGE_LABELS = {"log": "log + register (MLflow)"}
-PAIR_LABELS = {"real": "real pair", "large": "large pair (resampled)"}
+PAIR_LABELS = {"real": "real pair", "large": "large pair (resampled: rows repeat)", "nonrep": "large pair (non-repeating)"}
+# The issue's targets for the end-to-end figures, per pair (None: no target, reported for comparison).
+END_TO_END_TARGETS = {"real": 1.3, "nonrep": 2.5}
+FIXED_COST_TARGETS = {"stack": 2.0, "local": 4.0}
 
 
 def _s(value: float) -> str:
@@ -45,7 +48,6 @@ def _targets(pair: dict) -> list[tuple[str, str]]:
     f = pair["figures"]
     rf, tr, ttm, orch, mem = f["read_to_features"], f["training"], f["time_to_model"], f["orchestration"], f["memory"]
     spread = orch["run_to_run_spread_s"]
-    startup = f.get("cli_startup")
     no_duplicates = ttm["taxiflow_no_duplicates_s"]
     return [
         (
@@ -81,10 +83,6 @@ def _targets(pair: dict) -> list[tuple[str, str]]:
             f"(**{orch['overhead_share']:.1%}** of the direct total)",
         ),
         (
-            "`taxiflow train` fixed start-up (s): running server / temporary server (first run: new PREFECT_HOME / later runs)",
-            f"{_s(startup['with_server_s'])} / {_s(startup['no_server_s'])} / {_s(startup['no_server_warm_s'])}" if startup else "not run",
-        ),
-        (
             "Peak RSS, whole run (MB): course / `taxiflow train` (server)",
             f"{_mb(mem['course_peak_rss_mb'])} / {_mb(mem['taxiflow_cli_peak_rss_mb'])} (**{_x(mem['course_over_taxiflow_cli'])}**)",
         ),
@@ -94,6 +92,74 @@ def _targets(pair: dict) -> list[tuple[str, str]]:
         ),
         ("Other load on the machine during the runs (cores, worst run)", f"{max(r['other_cpu_cores'] for r in pair['runs'].values()):.2f}"),
     ]
+
+
+FIXED_COST_ROWS = (
+    ("stack", "stack up: `PREFECT_API_URL` -> a running Prefect server"),
+    ("local", "no stack, local server warm (a machine's second and later runs)"),
+    ("local_first", "no stack, first run: new PREFECT_HOME, starts the local server (database migrated), new MLflow store"),
+    ("temp", "old mode (`TAXIFLOW_LOCAL_PREFECT_IDLE_S=0`): temporary server in the run, PREFECT_HOME migrated before"),
+    ("temp_first", "old mode, first run: new PREFECT_HOME (migrated in the run), new MLflow store"),
+)
+
+
+def _fixed_cost_table(pair: dict) -> list[str]:
+    """`taxiflow train`'s fixed cost in each way it reaches Prefect (one pair's runs)."""
+    fixed = pair["figures"]["fixed_cost"]
+    lines = [
+        "| `taxiflow train` | whole process (s) | in the flow (s) | **fixed cost** (s) | target | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for mode, label in FIXED_COST_ROWS:
+        if mode in fixed:
+            f = fixed[mode]
+            target = f"<= {FIXED_COST_TARGETS[mode]:.0f}" if mode in FIXED_COST_TARGETS else ""
+            lines.append(f"| {label} | {_s(f['wall_s'])} | {_s(f['flow_s'])} | **{_s(f['fixed_s'])}** | {target} | {_mb(f['peak_rss_mb'])} |")
+        else:
+            lines.append(f"| {label} | not run | | | | |")
+    if "temp_over_local" in fixed:
+        lines += [
+            "",
+            f"Old mode / local server, fixed cost: later runs **{_x(fixed['temp_over_local'])}** "
+            f"({_s(fixed['temp']['fixed_s'])} s / {_s(fixed['local']['fixed_s'])} s), first runs {_x(fixed['temp_first_over_local_first'])} "
+            f"({_s(fixed['temp_first']['fixed_s'])} s / {_s(fixed['local_first']['fixed_s'])} s).",
+        ]
+    return lines
+
+
+def _end_to_end_table(pairs: dict) -> list[str]:
+    """Course script vs `taxiflow train` (local server warm), whole processes, per pair."""
+    figures = {name: pair["figures"]["end_to_end"] for name, pair in pairs.items()}
+
+    def target(name: str) -> str:
+        return f" (target >= {END_TO_END_TARGETS[name]}x)" if name in END_TO_END_TARGETS else ""
+
+    rows = [
+        ("Whole process (s): course script / `taxiflow train`", lambda n, e: f"{_s(e['course_process_s'])} / {_s(e['taxiflow_process_s'])}"),
+        ("… course / taxiflow", lambda n, e: f"**{_x(e['course_over_taxiflow'])}**{target(n)}"),
+        ("… of which `taxiflow train`'s fixed cost (s)", lambda n, e: _s(e["taxiflow_fixed_s"])),
+        (
+            "Validation RMSE: course / taxiflow (difference)",
+            lambda n, e: f"{e['course_rmse']:.4f} / {e['taxiflow_rmse']:.4f} ({e['rmse_diff']:+.4f})" + (" (target within +-0.02)" if n == "nonrep" else ""),
+        ),
+        (
+            "Peak RSS (MB): course / `taxiflow train` (taxiflow / course)",
+            lambda n, e: (
+                f"{_mb(e['course_peak_rss_mb'])} / {_mb(e['taxiflow_peak_rss_mb'])} (**{e['taxiflow_over_course_peak_rss']:.2f}**)"
+                + (" (target <= 0.5)" if n == "nonrep" else "")
+            ),
+        ),
+        (
+            "Local Prefect server, separately (MB): peak so far / now, its processes summed",
+            lambda n, e: (
+                f"{_mb(e['local_server_peak_rss_mb'])} / {_mb(e['local_server_rss_mb'])}" if e["local_server_peak_rss_mb"] is not None else "not running"
+            ),
+        ),
+    ]
+    lines = ["| | " + " | ".join(PAIR_LABELS.get(n, n) for n in figures) + " |", "|---|" + "---:|" * len(figures)]
+    for label, value in rows:
+        lines.append(f"| {label} | " + " | ".join(value(n, e) for n, e in figures.items()) + " |")
+    return lines
 
 
 def _scaling_table(scaling: list[dict]) -> list[str]:
@@ -117,8 +183,10 @@ def markdown(results: dict) -> str:
         "",
         f"{results['generated_at']}; {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB RAM; Python {m['python']}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-        + f". {s['num_boost_round']} boosting rounds (early stopping 20); real pair: fastest of {s['repeat_real_pair']} runs, "
-        f"large pair: one run, but fastest of {s['repeat_real_pair']} for taxiflow direct and flow and for read -> features.",
+        + f". {s['num_boost_round']} boosting rounds (early stopping 20); real pair: fastest of {s['repeat_real_pair']} runs "
+        "(first runs: one), large pairs: one run, but on the resampled one fastest of "
+        f"{s['repeat_real_pair']} for taxiflow direct and flow and for read -> features. Full runs track to a new MLflow store whose schema "
+        "exists (as after a first run), except `taxiflow train`'s first runs, which start from nothing.",
         "",
     ]
     disturbed = [
@@ -147,8 +215,19 @@ def markdown(results: dict) -> str:
             *_stage_table(pair),
             "",
         ]
-    lines += ["## Targets", "", "| | " + " | ".join(PAIR_LABELS.get(n, n) for n in pairs) + " |", "|---|" + "---:|" * len(pairs)]
-    columns = [_targets(pair) for pair in pairs.values()]
+    lines += [
+        "## End to end: the course's script vs `taxiflow train` (whole processes; no stack, local Prefect server warm)",
+        "",
+        *_end_to_end_table(pairs),
+        "",
+        f"## Fixed cost of `taxiflow train` (whole process minus its flow's own time), {PAIR_LABELS['real']}",
+        "",
+        *_fixed_cost_table(pairs["real"]),
+        "",
+    ]
+    standard = {name: pair for name, pair in pairs.items() if "read_to_features" in pair["figures"]}
+    lines += ["## Targets", "", "| | " + " | ".join(PAIR_LABELS.get(n, n) for n in standard) + " |", "|---|" + "---:|" * len(standard)]
+    columns = [_targets(pair) for pair in standard.values()]
     for rows in zip(*columns, strict=True):
         lines.append(f"| {rows[0][0]} | " + " | ".join(value for _, value in rows) + " |")
     if results["scaling"]:
@@ -177,8 +256,14 @@ def plot_stages(results: dict, path: Path) -> None:
                 left += width
             ax.text(left, y, f" {_s(left)} s, {_mb(run['peak_rss_mb'])} MB", va="center", fontsize=8)
         totals = [
-            ("taxiflow: Prefect flow (server)", runs["flow_server"]["stages"]["flow"]),
-            ("taxiflow train CLI, whole process (server)", runs["cli_server"]["wall_s"]),
+            (label, seconds(runs[name]))
+            for label, name, seconds in (
+                ("taxiflow: Prefect flow (server)", "flow_server", lambda r: r["stages"]["flow"]),
+                ("taxiflow train, whole process (stack)", "cli_server", lambda r: r["wall_s"]),
+                ("taxiflow train, whole process (local server)", "cli_local", lambda r: r["wall_s"]),
+                ("course script, whole process", "course", lambda r: r["wall_s"]),
+            )
+            if name in runs
         ]
         for y, (_, seconds) in enumerate(totals, start=len(bars)):
             ax.barh(y, seconds, color="0.6")
@@ -188,7 +273,7 @@ def plot_stages(results: dict, path: Path) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("seconds")
         ax.set_title(f"{PAIR_LABELS.get(name, name)}: {_rows(pair['rows_read'][0])} training / {_rows(pair['rows_read'][1])} validation rows", fontsize=10)
-        ax.set_xlim(0, max(runs["course"]["total_s"], runs["cli_server"]["wall_s"]) * 1.25)
+        ax.set_xlim(0, max([runs["course"]["total_s"], *(t[1] for t in totals)]) * 1.25)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", fontsize=8, ncols=len(STAGES))
     fig.suptitle(f"read -> registered model, {results['machine']['cores']} cores", fontsize=11)

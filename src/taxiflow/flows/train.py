@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from taxiflow.core.features import FeatureMatrix, FeatureVocabulary, required_columns
+from taxiflow.core.features import FeatureVocabulary, required_columns
 from taxiflow.core.messages import LifecycleEvent
 from taxiflow.core.months import Month
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
@@ -27,6 +27,7 @@ from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, da
 from taxiflow.core.training import DurationModel
 from taxiflow.core.training_plan import (
     Evaluation,
+    FitMatrix,
     TrainingPlan,
     evaluate_duration_model,
     fit_duration_model,
@@ -97,15 +98,15 @@ def fit_feature_vocabulary(plan: TrainingPlan, train: PreparedTrips) -> FeatureV
 
 
 @task(task_run_name="build-features-{name}", cache_policy=NO_CACHE)
-def build_features(plan: TrainingPlan, prepared: PreparedTrips, vocabulary: FeatureVocabulary, name: str) -> FeatureMatrix:
+def build_features(plan: TrainingPlan, prepared: PreparedTrips, vocabulary: FeatureVocabulary, name: str) -> FitMatrix:
     features = fit_matrix(plan, prepared, vocabulary)
     if plan.collapse:
-        get_run_logger().info("%s: %d rows collapsed to %d distinct weighted rows", name, prepared.rows_kept, features.X.shape[0])
+        get_run_logger().info("%s: %d rows collapsed to %d distinct weighted rows", name, prepared.rows_kept, features.rows)
     return features
 
 
 @task(cache_policy=NO_CACHE)
-def fit_model(plan: TrainingPlan, train: FeatureMatrix, val: FeatureMatrix) -> DurationModel:
+def fit_model(plan: TrainingPlan, train: FitMatrix, val: FitMatrix) -> DurationModel:
     callbacks = xgboost_fit_progress(plan.params.num_boost_round) if plan.model == "xgboost" else []
     return fit_duration_model(plan, train, val, callbacks=callbacks)
 
