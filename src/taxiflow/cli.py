@@ -187,7 +187,7 @@ def _connect_prefect() -> LocalServer | None:
         print(
             f"taxiflow: starting a local Prefect server for this and later runs: UI at {server.ui_url} "
             f"(stops after {settings.local_prefect_idle_s:.0f} s without runs, or with `taxiflow stack down`; "
-            "a new Prefect database is set up on its first start, ~20 s)",
+            "if its Prefect database is new, it is set up first, ~20 s, once)",
             file=sys.stderr,
         )
     return server
