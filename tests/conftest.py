@@ -32,6 +32,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.servers)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_local_prefect_server_outlives_the_tests(tmp_path_factory):
+    """A test that lets `taxiflow train` start the local Prefect server must stop it: one left running is an error (and is stopped)."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    left = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        if "taxiflow.platform.idle_server" in args and any(a.startswith(base) for a in args):
+            left.append(Path(args[args.index("--dir") + 1]))
+    for directory in left:
+        stop_local_prefect(directory.parent)  # <state>/local-prefect
+    assert not left, f"local Prefect servers left running by tests (now stopped): {left}"
+
+
 @pytest.fixture(scope="session")
 def tlc_dir() -> Path:
     if not (SHARED_DATA / "green_tripdata_2023-01.parquet").is_file():

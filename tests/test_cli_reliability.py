@@ -13,7 +13,7 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import registered_versions
+from tests.conftest import registered_versions, stop_local_prefect
 from tests.support.fault_proxy import Rule, fault_proxy, mlflow_error
 from tests.support.servers import VENV_BIN, base_env, mlflow_server
 
@@ -30,14 +30,23 @@ def _flow_run_state(prefect_api: str, flow_run_id: str) -> str:
     return httpx.get(f"{prefect_api}/flow_runs/{flow_run_id}").json()["state"]["type"]
 
 
-def test_two_concurrent_first_runs_on_a_fresh_state_dir_both_register(tlc_dir, tmp_path):
-    """No MLflow database and no Prefect database yet: both runs create them at once, both register."""
-    env = base_env(TAXIFLOW_STATE_DIR=str(tmp_path / "state"), PREFECT_HOME=str(tmp_path / "prefect-home"))
+@pytest.mark.parametrize("idle_s", ["900", "0"], ids=["local-server", "temporary-servers"])
+def test_two_concurrent_first_runs_on_a_fresh_state_dir_both_register(tlc_dir, tmp_path, idle_s):
+    """No MLflow database and no Prefect database yet: both runs create them at once, both register.
+
+    Whether the runs share the local Prefect server (one starts it) or each start Prefect's temporary
+    server (TAXIFLOW_LOCAL_PREFECT_IDLE_S=0: both migrate the new database, under a lock).
+    """
+    env = base_env(TAXIFLOW_STATE_DIR=str(tmp_path / "state"), PREFECT_HOME=str(tmp_path / "prefect-home"), TAXIFLOW_LOCAL_PREFECT_IDLE_S=idle_s)
     cmd = [str(VENV_BIN / "taxiflow"), *TRAIN, "--data-dir", str(tlc_dir), "--json"]
-    runs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [run.communicate(timeout=600) for run in runs]
+    try:
+        runs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outputs = [run.communicate(timeout=600) for run in runs]
+    finally:
+        stop_local_prefect(tmp_path / "state")
     for run, (_, stderr) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, stderr[-3000:]
+    assert sum("starting a local Prefect server" in stderr for _, stderr in outputs) == (1 if idle_s != "0" else 0)
     versions = sorted(registered_versions(tmp_path / "state"))
     assert versions == ["1", "2"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}")
