@@ -17,6 +17,7 @@ from taxiflow.jobs.notify import add_notify_parser, run_notify_command
 
 if TYPE_CHECKING:
     from taxiflow.platform.local_prefect import LocalServer
+    from taxiflow.settings import TaxiflowSettings
 
 # Defaults a user's environment can override. Telemetry calls fail offline and only add noise.
 # Without a server Prefect starts a temporary one, and on a new PREFECT_HOME it first migrates a new
@@ -148,13 +149,12 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reuse_running_stack() -> bool:
+def _reuse_running_stack(settings: TaxiflowSettings) -> bool:
     """Without PREFECT_API_URL, use the local stack's Prefect server if it is up."""
     from taxiflow.platform.processes import is_healthy
     from taxiflow.platform.stack import StackState
-    from taxiflow.settings import load_settings
 
-    state = StackState.load(load_settings().stack_dir() / "stack.json")
+    state = StackState.load(settings.stack_dir() / "stack.json")
     prefect = state.services.get("prefect")
     if prefect is not None and is_healthy(prefect, timeout_s=1.0):
         os.environ["PREFECT_API_URL"] = state.urls["prefect_api"]
@@ -169,11 +169,13 @@ def _connect_prefect() -> LocalServer | None:
     The local server is started (when none runs) without waiting: it comes up while the flow's code
     imports; the caller waits for it (`wait_ready`) just before the flow starts.
     """
-    if "PREFECT_API_URL" in os.environ or _reuse_running_stack():
+    if "PREFECT_API_URL" in os.environ:
         return None
     from taxiflow.settings import load_settings
 
-    settings = load_settings()
+    settings = load_settings()  # once per run: the stack's state and the local server both need it
+    if _reuse_running_stack(settings):
+        return None
     if settings.local_prefect_idle_s <= 0:
         from taxiflow.io.prefect_database import ensure_local_prefect_database
 

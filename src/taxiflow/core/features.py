@@ -209,11 +209,11 @@ def distinct_rows(frame: pl.DataFrame, features: tuple[str, ...]) -> tuple[pl.Da
     return distinct.drop("_distinct"), index.to_numpy()
 
 
-@dataclass(frozen=True)
-class FeatureMatrix:
-    X: sp.csr_matrix
+class _FitRows:
+    """What both matrix forms share: their row count and, for a fit, their target."""
+
+    X: np.ndarray | sp.csr_matrix
     y: np.ndarray | None
-    weight: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -225,6 +225,19 @@ class FeatureMatrix:
         if self.y is None:
             raise ValueError(f"no target: the rows had no {DURATION} column")
         return self.y
+
+
+def _target_and_weight(frame: pl.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
+    y = frame[DURATION].to_numpy() if DURATION in frame.columns else None
+    weight = frame[WEIGHT].to_numpy() if WEIGHT in frame.columns else None
+    return y, weight
+
+
+@dataclass(frozen=True)
+class FeatureMatrix(_FitRows):
+    X: sp.csr_matrix
+    y: np.ndarray | None
+    weight: np.ndarray | None = None
 
 
 def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary, dtype: type[np.floating] = np.float32) -> FeatureMatrix:
@@ -262,13 +275,12 @@ def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary, dty
         np.cumsum(present.sum(axis=1), out=indptr[1:])
         indices, data = cols[present], vals[present]
     X = sp.csr_matrix((data, indices, indptr), shape=(n, vocabulary.size))
-    y = frame[DURATION].to_numpy() if DURATION in frame.columns else None
-    weight = frame[WEIGHT].to_numpy() if WEIGHT in frame.columns else None
+    y, weight = _target_and_weight(frame)
     return FeatureMatrix(X=X, y=y, weight=weight)
 
 
 @dataclass(frozen=True)
-class ZoneCodeMatrix:
+class ZoneCodeMatrix(_FitRows):
     """The rows an XGBoost fit sees, as XGBoost grows the same trees fastest: one column per feature.
 
     A categorical feature is one integer code per row: its one-hot column's offset in the feature's
@@ -286,16 +298,6 @@ class ZoneCodeMatrix:
     feature_types: tuple[str, ...]  # "c" categorical, "q" numeric: XGBoost's feature types
     one_hot_columns: tuple[int, ...]
     n_columns: int  # the one-hot matrix's width
-
-    @property
-    def rows(self) -> int:
-        return self.X.shape[0]
-
-    @property
-    def target(self) -> np.ndarray:
-        if self.y is None:
-            raise ValueError(f"no target: the rows had no {DURATION} column")
-        return self.y
 
     @property
     def max_code(self) -> int:
@@ -333,6 +335,5 @@ def build_zone_code_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary) -
             X[:, j] = frame[_NUMERIC_COLUMN[feature]].cast(pl.Float32).to_numpy()
             types.append("q")
             one_hot.append(names.index(_NUMERIC_NAME[feature]))
-    y = frame[DURATION].to_numpy() if DURATION in frame.columns else None
-    weight = frame[WEIGHT].to_numpy() if WEIGHT in frame.columns else None
+    y, weight = _target_and_weight(frame)
     return ZoneCodeMatrix(X=X, y=y, weight=weight, feature_types=tuple(types), one_hot_columns=tuple(one_hot), n_columns=vocabulary.size)
