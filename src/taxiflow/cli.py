@@ -83,6 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
     up = stack.add_parser("up", help="start what isn't running (idempotent), create blocks and the work pool, start a worker")
     up.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite", help="metadata database of both servers")
     up.add_argument("--artifacts", choices=("local", "s3"), default="local", help="where the MLflow server keeps artifacts")
+    up.add_argument("--serve", action="store_true", help="also start the prediction service (`taxiflow serve`, port 8000) on the stack's registry")
     up.add_argument(
         "--upload", metavar="TAXI:MONTHS", action="append", default=[], help="upload months from the data dir to the bucket, e.g. green:2023-01..2023-02"
     )
@@ -106,10 +107,12 @@ def _stack(args: argparse.Namespace) -> int:
             if taxi not in TAXI_TYPES or not months:
                 raise InvalidArgumentError(f"--upload: expected TAXI:MONTHS like green:2023-01..2023-02, got {spec!r}")
             uploads += [(taxi, str(m)) for m in parse_month_range(months, argument="--upload")]
-        state = stack_up(settings, db=args.db, artifacts=args.artifacts, upload=uploads)
+        state = stack_up(settings, db=args.db, artifacts=args.artifacts, upload=uploads, serve=args.serve)
         print(
             f"\nPrefect UI:  {state.urls['prefect_ui']}\nMLflow UI:   {state.urls['mlflow']}\nS3 endpoint: {state.urls['s3']} (bucket {settings.stack_bucket})"
         )
+        if "serve" in state.urls:
+            print(f"Predictions: {state.urls['serve']}/predict (docs at {state.urls['serve']}/docs)")
         print('Point your shell at it: eval "$(taxiflow stack env)"   then: taxiflow deploy')
         return 0
     if args.stack_command == "down":
@@ -277,6 +280,38 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from taxiflow.serving.service import ServeOptions, serve
+    from taxiflow.settings import load_settings
+
+    settings = load_settings()
+    checks = {
+        "--port": (args.port, 0, 65535),
+        "--poll-s": (args.poll_s, 0.01, None),
+        "--max-rides": (args.max_rides, 1, None),
+        "--max-body-bytes": (args.max_body_bytes, 1024, None),
+    }
+    for option, (value, low, high) in checks.items():
+        if value is not None and (value < low or (high is not None and value > high)):
+            raise InvalidArgumentError(
+                f"{option} must be {'between ' + str(low) + ' and ' + str(high) if high is not None else 'at least ' + str(low)}, got {value}"
+            )
+    options = ServeOptions.from_settings(
+        settings,
+        host=args.host,
+        port=args.port,
+        tracking_uri=args.tracking_uri,
+        model_name=args.model_name,
+        alias=args.alias,
+        poll_s=args.poll_s,
+        max_rides=args.max_rides,
+        max_body_bytes=args.max_body_bytes,
+        access_log=args.access_log or None,
+    )
+    serve(options, settings)
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from taxiflow.io.month_cache import MonthCache
     from taxiflow.settings import load_settings
@@ -364,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             return _stack(args)
         if args.command == "deploy":
             return _deploy(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "models":
             return _models(args)
         if args.command == "notify":

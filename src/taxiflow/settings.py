@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/"
@@ -40,6 +40,16 @@ class TaxiflowSettings(BaseSettings):
     stack_postgres_port: int = Field(5433, ge=1, le=65535)
     stack_bucket: str = "taxi-data"
     work_pool: str = "taxi-pool"
+    stack_serve_port: int = Field(8000, ge=1, le=65535, description="`taxiflow stack up --serve`: the prediction service's port")
+
+    # The prediction service (`taxiflow serve`).
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(8000, ge=0, le=65535)
+    serve_alias: str = Field("champion", description="The registry alias the service loads and follows")
+    serve_poll_s: float = Field(10.0, gt=0, description="How often the service checks whether the alias moved")
+    serve_max_rides: int = Field(10_000, ge=1, description="Most rides in one /predict request (422 beyond)")
+    serve_max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest /predict body (413 beyond)")
+    serve_admin_token: SecretStr | None = Field(None, description="Bearer token for POST /admin/reload; unset: the endpoint is disabled")
 
     def stack_dir(self) -> Path:
         return (self.state_dir / "stack").resolve()

@@ -123,3 +123,23 @@ def test_collapsing_rows_with_missing_inputs_groups_the_missing_together():
     collapsed = collapse_duplicate_rows(frame, ("pu_do", "distance")).sort(PICKUP_ZONE, nulls_last=True)
     assert collapsed[PICKUP_ZONE].to_list() == [1, 70000, None]
     assert collapsed[DURATION].to_list() == [15.0, 3.0, 6.0] and collapsed[WEIGHT].to_list() == [2.0, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("features", [("pu_do", "distance"), ("pu", "do", "distance")])
+def test_plain_numpy_columns_give_the_same_rows_as_a_frame(green_prepared, features):
+    """Serving builds rows from a request's numpy columns; training from a polars frame: one definition, same matrix."""
+    from taxiflow.core.features import one_hot_rows
+
+    vocabulary = fit_vocabulary(green_prepared("2023-01").frame, features, min_count=5)
+    val = green_prepared("2023-02").frame
+    for dtype in (np.float32, np.float64):
+        expected = build_feature_matrix(val, vocabulary, dtype).X
+        columns = {
+            PICKUP_ZONE: val[PICKUP_ZONE].to_numpy().astype(np.int32),
+            DROPOFF_ZONE: val[DROPOFF_ZONE].to_numpy().astype(np.int32),
+            DISTANCE: val[DISTANCE].to_numpy().astype(np.float64),
+        }
+        got = one_hot_rows(columns, vocabulary, dtype, n=val.height)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert (got != expected).nnz == 0 and np.array_equal(got.indptr, expected.indptr) and np.array_equal(got.indices, expected.indices)
+        assert expected.nnz < val.height * len(features), "some pairs are outside the pruned vocabulary: the absent-column path is exercised"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tests.support.servers import VENV_BIN, Proc, all_processes, base_env, free_port, process_tree, processes_with_env, read_proc, still_running, wait_for
@@ -37,6 +38,7 @@ class Stack:
             TAXIFLOW_STACK_PREFECT_PORT=str(free_port()),
             TAXIFLOW_STACK_MLFLOW_PORT=str(free_port()),
             TAXIFLOW_STACK_S3_PORT=str(free_port()),
+            TAXIFLOW_STACK_SERVE_PORT=str(free_port()),
         )
         self.api = f"http://127.0.0.1:{self.env['TAXIFLOW_STACK_PREFECT_PORT']}/api"
         self.mlflow = f"http://127.0.0.1:{self.env['TAXIFLOW_STACK_MLFLOW_PORT']}"
@@ -278,17 +280,47 @@ def test_a_taken_port_is_a_clear_error(tmp_path):
     assert not (tmp_path / "state" / "stack" / "stack.json").exists() or not json.loads((tmp_path / "state" / "stack" / "stack.json").read_text())["services"]
 
 
+def _champion(stack: Stack) -> str | None:
+    try:
+        return MlflowClient(stack.mlflow).get_model_version_by_alias(MODEL, "champion").version
+    except MlflowException:
+        return None
+
+
+def test_up_serve_starts_the_prediction_service_on_the_champion(deployed_stack, tlc_dir):
+    stack = deployed_stack
+    if _champion(stack) is None:  # the stack's first model becomes champion
+        run_id = stack.start_deployment("train/taxi-local-data", train_month="2023-01", val_month="2023-02", model="linear", data_dir=str(tlc_dir))
+        assert stack.wait(run_id)["state"]["type"] == "COMPLETED", stack.logs(run_id)[-3000:]
+    champion = _champion(stack)
+    up = stack.run("stack", "up", "--serve")
+    assert up.returncode == 0, up.stdout + up.stderr
+    serve_url = f"http://127.0.0.1:{stack.env['TAXIFLOW_STACK_SERVE_PORT']}"
+    assert "serve    started" in up.stdout and f"Predictions: {serve_url}/predict" in up.stdout
+    wait_for(lambda: httpx.get(f"{serve_url}/ready", timeout=5).status_code == 200, timeout_s=60, what="the service to load the champion")
+    answer = httpx.post(f"{serve_url}/predict", json={"PULocationID": 74, "DOLocationID": 75, "trip_distance": 2.5}, timeout=10).json()
+    assert answer["model_version"] == champion and answer["prediction"] > 0
+    status = stack.run("stack", "status")
+    assert status.returncode == 0, status.stdout
+    assert re.search(r"^ok +serve ", status.stdout, re.M), status.stdout
+    assert re.search(rf"^ok +served model +{serve_url}: {MODEL} v{champion} ", status.stdout, re.M), status.stdout
+    # Idempotent, and a later `up` without --serve keeps it (it is part of the stack now).
+    again = stack.run("stack", "up")
+    assert again.returncode == 0 and "serve    already up" in again.stdout
+
+
 def test_down_mid_run_leaves_no_process_of_the_stack_and_twice_is_a_no_op(deployed_stack, tlc_dir):
     stack = deployed_stack
     run_id = stack.start_deployment("train/taxi-local-data", train_month="2021-01", val_month="2021-02", data_dir=str(tlc_dir))
     stack.wait_for_task(run_id, "fit_model")
     tree = stack.processes()
+    started = set(_pids(stack.state()))
     flow_run = stack.run_processes(run_id)
     assert flow_run and {(p.pid, p.start) for p in flow_run} <= {(p.pid, p.start) for p in tree}, "the run's processes count as the stack's"
     assert {p.pid for p in tree} >= set(_pids(stack.state()).values())
     down = stack.run("stack", "down")
     assert down.returncode == 0, down.stderr
-    assert [line.split()[0] for line in down.stdout.splitlines()] == ["worker", "prefect", "mlflow", "s3"]
+    assert [line.split()[0] for line in down.stdout.splitlines()] == [n for n in ("serve", "worker", "prefect", "mlflow", "s3") if n in started]
     # Every process of the tree, not just the PIDs `up` started: servers' children and the flow run too.
     left = still_running(tree)
     assert not left, "still running after `down`:\n" + "\n".join(f"{p.pid} {p.cmdline[:150]}" for p in sorted(left, key=lambda p: p.pid))

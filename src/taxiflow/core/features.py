@@ -40,6 +40,7 @@ class FeatureVocabulary:
     pruned: int = field(default=0, compare=False)  # categories seen in training but below min_count
     _lookups: dict = field(default_factory=dict, compare=False, repr=False)
     _row_order: tuple = field(default=(), compare=False, repr=False)
+    _numeric_column: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Per categorical feature: a dense table zone(s) -> output column (-1: unseen), and the
@@ -69,6 +70,8 @@ class FeatureVocabulary:
         order = sorted(self.features, key=lambda f: first_column.get(f, len(self.feature_names)))
         object.__setattr__(self, "_lookups", lookups)
         object.__setattr__(self, "_row_order", tuple(order))
+        # Found once here, not per matrix: serving builds a matrix per request.
+        object.__setattr__(self, "_numeric_column", {f: first_column[f] for f in self.features if f not in _CATEGORICAL_PREFIX and f in first_column})
 
     @property
     def size(self) -> int:
@@ -246,24 +249,35 @@ def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary, dty
     float32 is what XGBoost computes in; a linear fit needs float64 (see `training.FEATURE_DTYPE`).
     """
     value_type = pl.Float64 if np.dtype(dtype) == np.float64 else pl.Float32
-    n = frame.height
-    name_index = {name: i for i, name in enumerate(vocabulary.feature_names)}
-    col_blocks: list[np.ndarray] = []
-    val_blocks: list[np.ndarray] = []
+    columns: dict[str, np.ndarray] = {}
     for feature in vocabulary._row_order:
         if feature in _CATEGORICAL_PREFIX:
-            series = [frame[c] for c in _CATEGORICAL_ZONES[feature]]
-            valid = np.ones(n, dtype=bool)
-            for z in series:
-                if z.null_count():
-                    valid &= z.is_not_null().to_numpy()
-            zones = [z.fill_null(-1).to_numpy() for z in series]
-            col_blocks.append(vocabulary.column_of(feature, zones, valid))
+            for c in _CATEGORICAL_ZONES[feature]:
+                columns[c] = frame[c].fill_null(-1).to_numpy()
+        else:
+            columns[_NUMERIC_COLUMN[feature]] = frame[_NUMERIC_COLUMN[feature]].cast(value_type).fill_null(np.nan).to_numpy()
+    y, weight = _target_and_weight(frame)
+    return FeatureMatrix(X=one_hot_rows(columns, vocabulary, dtype, n=frame.height), y=y, weight=weight)
+
+
+def one_hot_rows(columns: dict[str, np.ndarray], vocabulary: FeatureVocabulary, dtype: type[np.floating], *, n: int) -> sp.csr_matrix:
+    """The feature rows from plain numpy columns: zone IDs (-1 for null) and numbers (NaN for null).
+
+    The one definition of the features: training reaches it through `build_feature_matrix`; serving
+    calls it directly, as a request's few rows would spend most of their time in polars' per-call cost.
+    """
+    col_blocks: list[np.ndarray] = []
+    val_blocks: list[np.ndarray] = []
+    everywhere = np.ones(n, dtype=bool)
+    for feature in vocabulary._row_order:
+        if feature in _CATEGORICAL_PREFIX:
+            # Null (-1) and unknown zones fall outside the lookup table: no column, as DictVectorizer does.
+            col_blocks.append(vocabulary.column_of(feature, [columns[c] for c in _CATEGORICAL_ZONES[feature]], everywhere))
             val_blocks.append(np.ones(n, dtype=dtype))
         else:
             # Stored explicitly, zeros included (XGBoost treats a stored 0 as a value, an absent one as missing).
-            col_blocks.append(np.full(n, name_index[_NUMERIC_NAME[feature]], dtype=np.int32))
-            val_blocks.append(frame[_NUMERIC_COLUMN[feature]].cast(value_type).fill_null(np.nan).to_numpy())
+            col_blocks.append(np.full(n, vocabulary._numeric_column[feature], dtype=np.int32))
+            val_blocks.append(np.asarray(columns[_NUMERIC_COLUMN[feature]], dtype=dtype))
     cols = np.column_stack(col_blocks)
     vals = np.column_stack(val_blocks)
     present = cols >= 0
@@ -274,9 +288,7 @@ def build_feature_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary, dty
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(present.sum(axis=1), out=indptr[1:])
         indices, data = cols[present], vals[present]
-    X = sp.csr_matrix((data, indices, indptr), shape=(n, vocabulary.size))
-    y, weight = _target_and_weight(frame)
-    return FeatureMatrix(X=X, y=y, weight=weight)
+    return sp.csr_matrix((data, indices, indptr), shape=(n, vocabulary.size))
 
 
 @dataclass(frozen=True)

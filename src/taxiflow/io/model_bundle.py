@@ -27,10 +27,20 @@ def save_model_bundle(model: DurationModel, vocabulary: FeatureVocabulary, direc
     return directory
 
 
+def bundle_model_file(manifest_text: str) -> str:
+    """The model file's name a manifest names: a plain name of a known kind, never a path."""
+    manifest = json.loads(manifest_text)
+    name = manifest.get("model_file")
+    if manifest.get("kind") not in _MODEL_FILE or name != _MODEL_FILE[manifest["kind"]]:
+        raise ValueError(f"{MANIFEST_FILE}: unknown model kind {manifest.get('kind')!r} or file {name!r}")
+    return name
+
+
 def load_model_bundle(directory: Path) -> tuple[DurationModel, FeatureVocabulary]:
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    manifest_text = (directory / MANIFEST_FILE).read_text()
+    manifest = json.loads(manifest_text)
     vocabulary = FeatureVocabulary.from_json((directory / VOCABULARY_FILE).read_text())
-    model_file = directory / manifest["model_file"]
+    model_file = directory / bundle_model_file(manifest_text)
     if manifest["kind"] == "xgboost":
         import xgboost as xgb
 

@@ -37,6 +37,7 @@ from taxiflow.core.summary import RegisteredModel, TrainingFacts
 from taxiflow.core.training import DurationModel
 from taxiflow.io.file_lock import exclusive_file_lock
 from taxiflow.io.model_bundle import save_model_bundle
+from taxiflow.io.uris import redact_uri as redact_uri  # re-exported: flows import it from here
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,15 +66,6 @@ SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("long", "PULocationID"), ColSpec("long", "DOLocationID"), ColSpec("double", "trip_distance", required=False)]),
     outputs=Schema([ColSpec("double")]),
 )
-
-
-def redact_uri(uri: str) -> str:
-    """A URI safe to print or log: any password replaced by ***."""
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
 
 
 def _ui_base(tracking_uri: str) -> str | None:

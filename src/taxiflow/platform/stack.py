@@ -23,7 +23,7 @@ from taxiflow.settings import TaxiflowSettings
 
 BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[3]  # the code directory deployments run from
-ORDER = ("postgres", "s3", "mlflow", "prefect", "worker")  # start order; stopped in reverse
+ORDER = ("postgres", "s3", "mlflow", "prefect", "worker", "serve")  # start order; stopped in reverse
 HEARTBEAT_S = 30  # flow runs started by the worker report every 30 s (Prefect's minimum)...
 ZOMBIE_AFTER_S = 90  # ...and one silent for 90 s is marked Crashed (its process or worker died)
 QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
@@ -75,7 +75,15 @@ def _aws_keys() -> tuple[str, str, bool]:
     return f"taxiflow-{secrets.token_hex(6)}", secrets.token_urlsafe(24), True
 
 
-def stack_up(settings: TaxiflowSettings, *, db: str = "sqlite", artifacts: str = "local", upload: list[tuple[str, str]] | None = None, say=print) -> StackState:
+def stack_up(
+    settings: TaxiflowSettings,
+    *,
+    db: str = "sqlite",
+    artifacts: str = "local",
+    upload: list[tuple[str, str]] | None = None,
+    serve: bool = False,
+    say=print,
+) -> StackState:
     root = settings.stack_dir()
     logs = root / "logs"
     state = StackState.load(root / "stack.json")
@@ -107,6 +115,8 @@ def stack_up(settings: TaxiflowSettings, *, db: str = "sqlite", artifacts: str =
     }
     if db == "postgres":
         wanted["postgres"] = (settings.stack_postgres_port, "STACK_POSTGRES_PORT")
+    if serve:
+        wanted["serve"] = (settings.stack_serve_port, "STACK_SERVE_PORT")
     for name, (port, option) in wanted.items():
         current = state.services.get(name)
         if current is None or not is_running(current):
@@ -222,6 +232,21 @@ def stack_up(settings: TaxiflowSettings, *, db: str = "sqlite", artifacts: str =
     worker = keep_or_start("worker", start_worker)
     if not wait_for_worker(api_url, settings.work_pool, worker):
         raise PlatformError(f"the worker did not start polling {settings.work_pool}; see {worker.log}")
+
+    serve_url = f"http://{host}:{settings.stack_serve_port}"
+
+    def start_serve() -> ServiceProcess:
+        _free_or_fail(settings, "prediction service", settings.stack_serve_port, "STACK_SERVE_PORT")
+        # Healthy once the process answers; it loads the champion in the background (`/ready`), and
+        # follows the alias, so a stack without a champion yet serves one as soon as a run promotes it.
+        cmd = [str(BIN / "taxiflow"), "serve", "--host", host, "--port", str(settings.stack_serve_port), "--tracking-uri", mlflow_url]
+        env = _base_env(TAXIFLOW_STATE_DIR=str(settings.state_dir.resolve()))
+        return start_service("serve", cmd, env=env, log=logs / "serve.log", port=settings.stack_serve_port, health_url=f"{serve_url}/health", marker="serve")
+
+    if serve or "serve" in state.services:
+        keep_or_start("serve", start_serve)
+        state.urls["serve"] = serve_url
+        state.save()
     _write_env_file(root, state)
     return state
 
@@ -407,6 +432,16 @@ def stack_checks(settings: TaxiflowSettings) -> list[Check]:
         return True, f"s3://{block.bucket_name} at {s3_url}"
 
     probe("bucket", bucket)
+    if (serve_url := state.urls.get("serve")) and "serve" in state.services:
+
+        def served_model():
+            model = httpx.get(f"{serve_url}/model", timeout=3).json()
+            if model["model"] is None:
+                why = f"; refused v{model['refused']['version']}: {model['refused']['reason']}" if model["refused"] else ""
+                return True, f"{serve_url}: no model loaded yet (waiting for {model['model_name']}@{model['alias']}{why})"
+            return True, f"{serve_url}: {model['model_name']} v{model['model']['version']} (@{model['alias']})"
+
+        probe("served model", served_model)
     return checks
 
 
