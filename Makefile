@@ -12,7 +12,7 @@ TAXI ?= green
 TRAIN_MONTH ?= 2023-01
 VAL_MONTH ?= 2023-02
 
-.PHONY: setup train check test test-fast bench bench-serving
+.PHONY: setup train check test test-fast bench bench-scoring bench-serving
 setup: .venv/.synced
 
 $(UV):
@@ -39,6 +39,9 @@ test-fast: setup  ## the tests that start no server and run no `taxiflow` comman
 
 bench: setup  ## taxiflow vs the course pipeline (~20 min on 2 cores): benchmarks/out/results.{md,json}, *.png
 	$(MAKE) -C benchmarks bench
+
+bench-scoring: setup  ## batch scoring of a 3.4M-row month vs reading it + the booster alone (~6 min): benchmarks/out/scoring/
+	$(MAKE) -C benchmarks bench-scoring
 
 bench-serving: setup  ## `taxiflow serve` vs `mlflow models serve` on the same champion with wrk (~5 min): benchmarks/out/serving/
 	@command -v wrk >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk)

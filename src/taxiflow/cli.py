@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from taxiflow.cli_requests import add_request_options, option_names, request_values
 from taxiflow.core.errors import InvalidArgumentError, TaxiflowError
 from taxiflow.core.months import parse_month_range
-from taxiflow.core.request import TrainRequest, validated_request
+from taxiflow.core.request import ScoreRequest, TrainRequest, validated_request
 from taxiflow.core.schema import TAXI_TYPES
 from taxiflow.jobs.notify import add_notify_parser, run_notify_command
 
@@ -32,6 +32,7 @@ _FLOW_STARTED = False  # an error after this came from inside a flow run: its tr
 
 # Options spelled differently from their request field (kept from earlier releases).
 TRAIN_OPTION_NAMES = {"experiment_name": "--experiment", "promotion_reason": "--reason", "collapse_duplicates": "--no-collapse-duplicates"}
+SCORE_OPTION_NAMES = {"experiment_name": "--experiment"}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -91,6 +92,20 @@ def _build_parser() -> argparse.ArgumentParser:
     stack.add_parser("down", help="stop exactly the processes `up` started, worker first")
     stack.add_parser("env", help="print shell exports pointing the CLI and Prefect at the stack")
     sub.add_parser("deploy", help="register the deployments in prefect.yaml with the running Prefect server")
+    score = sub.add_parser("score", help="score a month with the champion (or a version): predictions parquet + drift check (one Prefect flow run)")
+    add_request_options(score, ScoreRequest, SCORE_OPTION_NAMES, required=("month",))
+    score.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the state dir)")
+    score.add_argument("--json", action="store_true", help="print one JSON object: rows scored, output, model version, RMSE, drift")
+    serve = sub.add_parser("serve", help="the prediction service: the registry's champion behind an HTTP API (FastAPI)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1; TAXIFLOW_SERVE_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8000; TAXIFLOW_SERVE_PORT)")
+    serve.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the state dir)")
+    serve.add_argument("--model-name", help="registered model name (default nyc-taxi-duration)")
+    serve.add_argument("--alias", help="the alias to load and follow (default champion)")
+    serve.add_argument("--poll-s", type=float, help="seconds between checks whether the alias moved (default 10)")
+    serve.add_argument("--max-rides", type=int, help="most rides per request (default 10000)")
+    serve.add_argument("--max-body-bytes", type=int, help="largest request body (default 4 MiB)")
+    serve.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
     add_notify_parser(sub)
     return parser
 
@@ -147,7 +162,7 @@ def _deploy(args: argparse.Namespace) -> int:
     if result.returncode != 0:
         print(result.stdout[-3000:], result.stderr[-3000:], file=sys.stderr)
         raise TaxiflowError(f"prefect deploy failed (exit {result.returncode}) against {env['PREFECT_API_URL']}")
-    print(f"Deployed to {env['PREFECT_API_URL']}: train/taxi-local-data, train/taxi-s3-data, train-monthly/taxi-monthly")
+    print(f"Deployed to {env['PREFECT_API_URL']}: train/taxi-local-data, train/taxi-s3-data, train-monthly/taxi-monthly, score/taxi-score")
     print("Run one: prefect deployment run 'train/taxi-local-data' -p train_month=2023-01 -p val_month=2023-02")
     return 0
 
@@ -235,6 +250,63 @@ def _train(args: argparse.Namespace) -> int:
         print(f"taxiflow: v{summary['model_version']} was not promoted ({summary['gate']}): {summary['decision_reason']}", file=sys.stderr)
         return 3
     return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    # Validate everything the user typed before paying for Prefect's start-up.
+    request = validated_request(ScoreRequest, request_values(args, ScoreRequest), option_names=option_names(ScoreRequest, SCORE_OPTION_NAMES))
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri  # by environment, not a flow parameter: URIs can carry credentials
+    _check_scoring_model(request)
+    local_server = _connect_prefect()
+    from taxiflow.flows.score import score
+
+    if local_server is not None:
+        local_server.wait_ready()
+
+    global _FLOW_STARTED
+    _FLOW_STARTED = True
+    summary = score(**request.model_dump(exclude_unset=True))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(_describe_score(summary))
+    return 0
+
+
+def _check_scoring_model(request: ScoreRequest) -> None:
+    """In seconds, before Prefect starts: the tracking store answers and the model to score with exists (the flow checks again)."""
+    from taxiflow.io.registry import ModelRegistry
+    from taxiflow.io.tracking import TrackingStore
+    from taxiflow.jobs.scoring import resolve_version
+    from taxiflow.settings import load_settings
+
+    settings = load_settings()
+    store = TrackingStore(
+        settings.resolved_tracking_uri(), request.experiment_name or settings.experiment_name, local_artifact_root=settings.local_artifact_root()
+    )
+    model_name = request.model_name or settings.model_name
+    store.preflight(model_name)
+    resolve_version(ModelRegistry(store, model_name), request.model_version)
+
+
+def _describe_score(summary: dict) -> str:
+    drift = summary["drift"]
+    rmse = f"RMSE {summary['rmse']:.4f} min on {summary['rows_with_actuals']:,} rides with actual durations" if summary["rmse"] is not None else "no actuals"
+    lines = [
+        f"Scored {summary['rows_scored']:,} of {summary['rows_read']:,} {summary['taxi']} {summary['month']} rides "
+        f"with {summary['model_name']} v{summary['model_version']} ({rmse}).",
+        f"  predictions: {summary['output']}",
+    ]
+    if drift.get("dataset_drift") is None:
+        lines.append(f"  drift: not computed ({drift.get('not_computed')})")
+    else:
+        verdict = "DATASET DRIFT" if drift["dataset_drift"] else "no dataset drift"
+        columns = ", ".join(f"{name} {c['score']:.4f}{' (drifted)' if c['drifted'] else ''}" for name, c in drift["columns"].items())
+        share = f"{drift['share_drifted']:.0%} of columns drifted (alert at {drift['drift_share']:.0%})"
+        lines.append(f"  drift vs {summary['reference_month']}: {verdict}, {share}: {columns}")
+    lines.append(f"  report: Prefect artifact 'drift-report', MLflow run {summary['mlflow_run_id']} in {summary['tracking_uri']}")
+    return "\n".join(lines)
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -393,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "score":
+            return _score(args)
         if args.command == "data":
             return _data(args)
         if args.command == "stack":

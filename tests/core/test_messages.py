@@ -2,7 +2,7 @@
 
 import pytest
 
-from taxiflow.core.messages import LifecycleEvent, mlflow_model_version_url, render_message
+from taxiflow.core.messages import DriftEvent, LifecycleEvent, mlflow_model_version_url, render_message
 
 BASE = {"taxi": "green", "train_month": "2023-01", "val_month": "2023-02", "model_name": "nyc-taxi-duration"}
 
@@ -128,3 +128,35 @@ def test_model_version_links_go_to_the_mlflow_ui_without_credentials():
     )
     assert mlflow_model_version_url("sqlite:///tmp/mlflow.db", "m", 1) is None
     assert mlflow_model_version_url(None, "m", 1) is None
+
+
+def test_a_drift_event_names_the_month_the_columns_and_the_model():
+    event = DriftEvent(
+        taxi="green",
+        month="2021-01",
+        model_name="nyc-taxi-duration",
+        model_version=1,
+        drifted_columns=["PULocationID", "DOLocationID", "prediction"],
+        columns_checked=4,
+        share_drifted=0.75,
+        drift_share=0.5,
+        reference_month="2023-01",
+        rows_scored=76_518,
+        rmse=8.90826,
+        reference_rmse=6.034462,
+        mlflow_run_url="http://127.0.0.1:5000/#/experiments/1/runs/abc",
+    )
+    subject, body = render_message(event)
+    assert subject == "taxiflow: green 2021-01 DRIFT vs 2023-01: 3 of 4 columns (PULocationID, DOLocationID, prediction), nyc-taxi-duration v1"
+    assert body.splitlines() == [
+        "event: drift",
+        "taxi: green",
+        "scored month: 2021-01",
+        "reference month: 2023-01",
+        "model: nyc-taxi-duration v1",
+        "rides scored: 76,518",
+        "drifted columns: PULocationID, DOLocationID, prediction",
+        "drift share: 75% of 4 columns (alert at 50%)",
+        "RMSE: 8.9083 (validation 6.0345)",
+        "MLflow run URL: http://127.0.0.1:5000/#/experiments/1/runs/abc",
+    ]

@@ -8,7 +8,7 @@ import pytest
 
 from taxiflow.core.errors import DataFileError, NoUsableRowsError
 from taxiflow.core.months import Month
-from taxiflow.core.preparation import prepare_trips
+from taxiflow.core.preparation import prepare_rides, prepare_trips
 from taxiflow.core.schema import DURATION
 
 # Rows read / rows with 1 <= duration <= 60, from the shared data's README.
@@ -143,3 +143,29 @@ def test_fractional_zone_ids_are_refused():
 def test_empty_file_is_refused():
     with pytest.raises(DataFileError, match=r"^e\.parquet: holds no trips \(0 rows\)$"):
         prepare_trips(_table([], []), source="e.parquet")
+
+
+def test_scoring_keeps_every_ride_with_valid_inputs_and_only_usable_actuals():
+    t0 = dt.datetime(2023, 1, 10, 12)
+    ok = t0 + dt.timedelta(minutes=10)
+    table = _table(
+        [t0, None, t0, t0, t0, t0, t0],
+        [ok, ok, ok, ok, t0 - dt.timedelta(minutes=3), ok, t0 + dt.timedelta(hours=2)],
+        zones=([5, 5, 0, 300, 5, None, 5], 7),
+        distances=[1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0],
+    )
+    rides = prepare_rides(table, source="t.parquet", feature_columns=["pickup_zone", "dropoff_zone", "distance"], first_index=100)
+    # Scored: the rides whose zones and distance pass the contracts, whatever their timestamps say.
+    assert rides.frame["ride_index"].to_list() == [100, 101, 104, 106]
+    assert rides.skipped == {"pickup_zone_null": 1, "pickup_zone_out_of_range": 2}
+    # An actual duration only where training would have used it (timestamps present, 1..60 min).
+    assert rides.frame[DURATION].to_list() == [10.0, None, None, None]
+
+
+def test_scoring_a_real_month_scores_what_training_would_keep_and_more(tlc_dir, green_prepared):
+    from tests.core.conftest import read_green
+
+    rides = prepare_rides(read_green(tlc_dir / "green_tripdata_2023-03.parquet"), source="2023-03", feature_columns=["pickup_zone", "dropoff_zone", "distance"])
+    assert (rides.rows_read, rides.rows_scorable, rides.frame[DURATION].drop_nulls().len()) == (72_044, 72_044, EXPECTED["2023-03"][1])
+    kept = rides.frame.drop_nulls(DURATION).drop("ride_index")
+    assert kept.equals(green_prepared("2023-03").frame.select(kept.columns))

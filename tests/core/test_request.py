@@ -54,3 +54,21 @@ def test_a_valid_request_keeps_the_model_defaults():
     request = validated_request(TrainRequest, {"train_month": "2021-01", "val_month": "2021-02", "max_depth": "6"})
     assert (request.max_depth, request.model, request.feature_set) == (6, "xgboost", ("pu_do", "distance"))
     assert request.xgboost_params().max_depth == 6 and request.xgboost_params().learning_rate == 0.09585355369315604
+
+
+def test_the_score_flow_form_and_options_come_from_one_request():
+    from taxiflow.cli import SCORE_OPTION_NAMES
+    from taxiflow.core.request import ScoreRequest
+    from taxiflow.flows.score import score
+
+    schema = parameter_schema(score).model_dump()
+    assert list(schema["properties"]) == list(ScoreRequest.model_fields) and schema["required"] == ["month"]
+    assert schema["properties"]["drift_threshold"]["maximum"] == 1 and schema["properties"]["source"]["enum"] == ["auto", "local", "tlc", "s3"]
+    score_parser = _build_parser()._subparsers._group_actions[0].choices["score"]
+    args = score_parser.parse_args(["--month", "2023-03", "--model-version", "2", "--output", "s3", "--experiment", "e"])
+    names = option_names(ScoreRequest, SCORE_OPTION_NAMES)
+    request = validated_request(ScoreRequest, request_values(args, ScoreRequest), option_names=names)
+    assert (request.month, request.model_version, request.output, request.experiment_name, request.drift_threshold) == ("2023-03", 2, "s3", "e", 0.5)
+    both = r"^--model-version: expected an integer in 1\.\.1000000000, got '0'; --drift-threshold: expected a number in 0\.\.1, got '1\.5'$"
+    with pytest.raises(InvalidArgumentError, match=both):
+        validated_request(ScoreRequest, {"month": "2023-03", "drift_threshold": "1.5", "model_version": "0"}, option_names=names)

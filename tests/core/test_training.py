@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 from taxiflow.core.errors import InvalidArgumentError
-from taxiflow.core.training import LinearModel, XGBoostParams, fit_linear
+from taxiflow.core.training import LinearModel, RememberingPredictor, XGBoostParams, fit_linear
 
 
 def test_course_parameters_are_the_defaults():
@@ -148,6 +148,15 @@ def test_scoring_distinct_inputs_equals_scoring_every_row(green_prepared):
     # ...and gathering them back by `index` rebuilds every row, in order.
     assert distinct.select(keys)[index].equals(val.select(keys))
     np.testing.assert_array_equal(predict_trips(model, val, vocabulary), model.predict(x_val.X))
+
+    # Streamed in batches, each distinct input of the whole month reaches the model once, with the same predictions.
+    remembering = RememberingPredictor(model, vocabulary)
+    batches = [remembering.predict(val.slice(start, 4_000)) for start in range(0, val.height, 4_000)]
+    np.testing.assert_array_equal(np.concatenate(batches), model.predict(x_val.X))
+    assert remembering.predicted_rows == distinct.height and all(b.dtype == np.float32 for b in batches)
+    forgetful = RememberingPredictor(model, vocabulary, max_remembered=0)
+    np.testing.assert_array_equal(np.concatenate([forgetful.predict(val.slice(start, 4_000)) for start in range(0, val.height, 4_000)]), model.predict(x_val.X))
+    assert forgetful.predicted_rows > distinct.height
 
 
 def _with_feature_names(tree: str, names) -> str:

@@ -25,7 +25,7 @@ from tests.support.servers import VENV_BIN, Proc, all_processes, base_env, free_
 pytestmark = pytest.mark.servers
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SERVICES = {"s3", "mlflow", "prefect", "worker"}
-DEPLOYMENTS = {"taxi-local-data", "taxi-s3-data", "taxi-monthly"}
+DEPLOYMENTS = {"taxi-local-data", "taxi-s3-data", "taxi-monthly", "taxi-score"}
 MODEL = "nyc-taxi-duration"
 
 
@@ -166,7 +166,7 @@ def test_up_is_healthy_and_idempotent(stack):
     assert f"export PREFECT_API_URL={stack.api}" in env and f"export MLFLOW_TRACKING_URI={stack.mlflow}" in env
 
 
-def test_deploy_registers_the_three_deployments_with_a_schedule(running_stack):
+def test_deploy_registers_the_deployments_with_a_schedule(running_stack):
     stack = running_stack
     result = stack.run("deploy")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -179,6 +179,8 @@ def test_deploy_registers_the_three_deployments_with_a_schedule(running_stack):
     assert "pattern" in json.dumps(schema["train_month"]) and "maximum" in json.dumps(schema["max_depth"])
     assert [s["schedule"]["cron"] for s in by_name["taxi-monthly"]["schedules"]] == ["0 9 3 * *"]
     assert by_name["taxi-monthly"]["schedules"][0]["schedule"]["timezone"] == "America/New_York"
+    score_form = by_name["taxi-score"]["parameter_openapi_schema"]
+    assert "month" in score_form["required"] and "pattern" in json.dumps(score_form["properties"]["month"])
 
 
 def test_schedule_creates_scheduled_runs(deployed_stack):

@@ -62,9 +62,73 @@ class LifecycleEvent:
                 object.__setattr__(self, name, float(value))
 
 
-def render_message(event: LifecycleEvent) -> tuple[str, str]:
+@dataclass(frozen=True)
+class DriftEvent:
+    """A scoring run found dataset drift: the scored month moved away from the model's training month.
+
+    `drifted_columns` of `columns_checked` drifted (Evidently's default tests, see `core.drift`),
+    a share at or above `drift_share`. `rmse` is the scored month's (rides with actual durations),
+    `reference_rmse` the version's validation RMSE.
+    """
+
+    taxi: str
+    month: str
+    model_name: str
+    model_version: str
+    drifted_columns: tuple[str, ...]
+    columns_checked: int
+    share_drifted: float
+    drift_share: float
+    reference_month: str | None = None
+    rows_scored: int | None = None
+    rmse: float | None = None
+    reference_rmse: float | None = None
+    flow_run_name: str | None = None
+    flow_run_url: str | None = None
+    mlflow_run_url: str | None = None
+    kind: str = "drift"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_version", str(self.model_version))
+        object.__setattr__(self, "drifted_columns", tuple(self.drifted_columns))
+        for name in ("rmse", "reference_rmse", "share_drifted", "drift_share"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, float(value))
+
+
+def render_message(event: LifecycleEvent | DriftEvent) -> tuple[str, str]:
     """(subject, body): the subject is one line; the body has one `label: value` line per known fact."""
+    if isinstance(event, DriftEvent):
+        return _drift_subject(event), _drift_body(event)
     return _subject(event), _body(event)
+
+
+def _drift_subject(event: DriftEvent) -> str:
+    versus = f" vs {event.reference_month}" if event.reference_month else ""
+    columns = f"{len(event.drifted_columns)} of {event.columns_checked} columns ({', '.join(event.drifted_columns)})"
+    return _one_line(f"taxiflow: {event.taxi} {event.month} DRIFT{versus}: {columns}, {event.model_name} {_version(event.model_version)}", 300)
+
+
+def _drift_body(event: DriftEvent) -> str:
+    rmse = None
+    if event.rmse is not None:
+        rmse = _rmse(event.rmse, 4) + (f" (validation {_rmse(event.reference_rmse, 4)})" if event.reference_rmse is not None else "")
+    facts: list[tuple[str, object]] = [
+        ("event", event.kind),
+        ("taxi", event.taxi),
+        ("scored month", event.month),
+        ("reference month", event.reference_month),
+        ("model", f"{event.model_name} {_version(event.model_version)}"),
+        ("rides scored", f"{event.rows_scored:,}" if event.rows_scored is not None else None),
+        ("drifted columns", ", ".join(event.drifted_columns)),
+        ("drift share", f"{event.share_drifted:.0%} of {event.columns_checked} columns (alert at {event.drift_share:.0%})"),
+        ("RMSE", rmse),
+        ("flow run", event.flow_run_name),
+        ("flow run URL", event.flow_run_url),
+        ("MLflow run URL", event.mlflow_run_url),
+    ]
+    return "\n".join(f"{label}: {_one_line(value)}" for label, value in facts if value not in (None, ""))
 
 
 def mlflow_model_version_url(tracking_uri: str | None, model_name: str, version: str | int) -> str | None:

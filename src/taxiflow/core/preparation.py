@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 import polars as pl
 import pyarrow as pa
 
-from taxiflow.core.contracts import DURATION_MINUTES, ROW_CHECKS, CheckContext, applicable_checks, first_failed_reason, month_bounds
+from taxiflow.core.contracts import (
+    DURATION_MINUTES,
+    MAX_DURATION_MIN,
+    MIN_DURATION_MIN,
+    ROW_CHECKS,
+    CheckContext,
+    applicable_checks,
+    first_failed_reason,
+    month_bounds,
+)
 from taxiflow.core.errors import DataFileError, NoUsableRowsError
 from taxiflow.core.months import Month
 from taxiflow.core.schema import DISTANCE, DROPOFF_AT, DROPOFF_ZONE, DURATION, PICKUP_AT, PICKUP_ZONE
@@ -109,3 +118,48 @@ def prepare_trips(
     if kept.height == 0:
         raise NoUsableRowsError(f"{source}: no usable trips: all {rows_read:,} rows failed checks: {describe_drops(dropped)}")
     return PreparedTrips(frame=kept, rows_read=rows_read, dropped=dropped)
+
+
+RIDE_INDEX = "ride_index"
+
+
+@dataclass(frozen=True)
+class ScorableRides:
+    """The rides of one batch a model can score, and why the others can't be.
+
+    `frame`: `ride_index` (row position in the source file), the columns read, and `duration_min`:
+    the actual duration where it passes training's contracts (timestamps present, 1..60 min), else null.
+    """
+
+    frame: pl.DataFrame
+    rows_read: int
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+
+    @property
+    def rows_scorable(self) -> int:
+        return self.frame.height
+
+
+def prepare_rides(table: pa.Table | pa.RecordBatch, *, source: str, feature_columns: list[str], first_index: int = 0) -> ScorableRides:
+    """Keep every ride whose `feature_columns` pass the row contracts (zone IDs, distance); vectorized.
+
+    Unlike training, a ride's duration doesn't decide whether it is scored: only whether it counts
+    towards the RMSE. Types are coerced as for training; `first_index` is the batch's first row
+    position in its file.
+    """
+    decoded = pl.from_arrow(table, rechunk=False)
+    if not isinstance(decoded, pl.DataFrame):
+        raise TypeError(f"{source}: expected a pyarrow Table, got {type(table).__name__}")
+    frame = _coerce(decoded, source).with_row_index(RIDE_INDEX, offset=first_index).with_columns(pl.col(RIDE_INDEX).cast(pl.Int64))
+    checks = applicable_checks([c for c in feature_columns if c in frame.columns], CheckContext(None, None))
+    valid = frame.select(pl.all_horizontal([expr.fill_null(False) for _, expr in checks]) if checks else pl.lit(True))[:, 0]
+    skipped: dict[str, int] = {}
+    if not valid.all():
+        reasons = frame.filter(~valid).select(first_failed_reason(checks).alias("reason"))["reason"].value_counts()
+        order = {check.reason: i for i, (check, _) in enumerate(checks)}
+        skipped = dict(sorted(zip(reasons["reason"].to_list(), reasons["count"].to_list(), strict=True), key=lambda kv: order[kv[0]]))
+    kept = frame.filter(valid)
+    if {PICKUP_AT, DROPOFF_AT} <= set(kept.columns):
+        kept = kept.with_columns(DURATION_MINUTES.alias(DURATION)).drop(PICKUP_AT, DROPOFF_AT)
+        kept = kept.with_columns(pl.when(pl.col(DURATION).is_between(MIN_DURATION_MIN, MAX_DURATION_MIN)).then(pl.col(DURATION)).alias(DURATION))
+    return ScorableRides(frame=kept, rows_read=frame.height, skipped=skipped)

@@ -1,9 +1,10 @@
-"""What a training run is asked to do: one typed, validated definition.
+"""What a training (or scoring) run is asked to do: one typed, validated definition.
 
 `TrainRequest` is the single source of the `train` flow's parameters (its signature, hence Prefect's
 run form, is generated from it: `flow_signature`) and of `taxiflow train`'s options (the CLI builds
 them from the same fields). Field constraints give both the same bounds; the model validator adds
 what one field can't say alone (months in order, a feature the trip type lacks, force needs a reason).
+`ScoreRequest` does the same for the `score` flow and `taxiflow score`.
 """
 
 from __future__ import annotations
@@ -104,6 +105,45 @@ class TrainRequest(BaseModel):
         )
 
 
+class ScoreRequest(BaseModel):
+    """One batch scoring run: predict every ride of `month` with the champion (or `model_version`), check drift."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    taxi: TaxiType = Field("green", description="trip type")
+    month: MonthText = Field(description="YYYY-MM: the month to score")
+    data_dir: str | None = Field(None, description="directory of TLC-named parquet files (default: ./data, or TAXIFLOW_DATA_DIR)")
+    source: SourceChoice = Field(
+        "auto", description="auto: the data dir, else download from the TLC; local: data dir only; tlc / s3: always from there (cached)"
+    )
+    s3_block: str | None = Field(None, max_length=200, description="prefect-aws S3Bucket block for source s3 and output s3 (default taxi-data)")
+    tlc_base_url: str | None = Field(None, max_length=500, description="where months missing from the data dir are downloaded from ('' disables downloads)")
+    model_version: int | None = Field(None, ge=1, le=1_000_000_000, description="registered version to score with (default: the champion)")
+    model_name: str | None = Field(None, min_length=1, max_length=200, description="registered model name (default nyc-taxi-duration)")
+    experiment_name: str | None = Field(None, min_length=1, max_length=200, description="MLflow experiment of the drift run (default nyc-taxi-experiment)")
+    output: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="directory the predictions go under, as <taxi>/<month>/predictions-v<N>.parquet (default: <state dir>/predictions); "
+        "s3: the S3Bucket block's bucket, under predictions/",
+    )
+    drift_threshold: float = Field(
+        0.5, ge=0, le=1, description="dataset drift (and a notification) when at least this share of the checked columns drifted (Evidently's 0.5)"
+    )
+    notify: list[str] | None = Field(
+        None, max_length=20, description="targets notified of dataset drift: webhook:<block> or email:<block>:<to> (default: TAXIFLOW_NOTIFY_TARGETS)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScoreRequest:
+        Month.parse(self.month)
+        if self.notify:
+            for target in self.notify:
+                parse_target(target)
+        return self
+
+
 def validated_request(model: type[BaseModel], values: dict[str, Any], *, option_names: dict[str, str] | None = None) -> Any:
     """Build a request, turning pydantic's report into one InvalidArgumentError line per problem.
 
@@ -180,7 +220,8 @@ def flow_signature(model: type[BaseModel]) -> inspect.Signature:
         annotation = field.annotation
         constraints = Field(description=field.description)
         metadata = [constraints, *field.metadata]
-        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=Annotated[(annotation, *metadata)]))
+        default = inspect.Parameter.empty if field.is_required() else field.default  # required: the run form asks for it
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[(annotation, *metadata)]))
     return inspect.Signature(parameters, return_annotation=dict)
 
 

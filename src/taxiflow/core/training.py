@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from taxiflow.core.xgboost_params import XGBoostParams  # defined apart so argument checks import no numpy; re-exported
 
 if TYPE_CHECKING:
+    import polars as pl
     import xgboost as xgb  # imported where used: importing this module must stay cheap
 
     from taxiflow.core.features import ZoneCodeMatrix
@@ -105,6 +106,52 @@ def predict_trips(model: DurationModel, frame, vocabulary) -> np.ndarray:
 
     distinct, index = distinct_rows(frame, vocabulary.features)
     return model.predict(build_feature_matrix(distinct, vocabulary, model.feature_dtype).X)[index]
+
+
+class RememberingPredictor:
+    """`predict_trips` for a month streamed in batches: each distinct input is scored once for the whole month.
+
+    A batch's distinct inputs are looked up among those already scored (a join on the input
+    columns); only new ones reach the model. Exact: a row's prediction depends on its inputs only.
+    At most `max_remembered` inputs are kept (a month whose inputs are nearly all distinct then
+    costs what per-batch scoring does, in bounded memory).
+    """
+
+    def __init__(self, model: DurationModel, vocabulary, *, max_remembered: int = 4_000_000) -> None:
+        from taxiflow.core.features import required_columns
+
+        self.model = model
+        self.vocabulary = vocabulary
+        self.keys = required_columns(vocabulary.features)
+        self.max_remembered = max_remembered
+        self._known: pl.DataFrame | None = None  # the input columns and `_prediction`
+        self.predicted_rows = 0  # inputs the model scored
+
+    def predict(self, frame) -> np.ndarray:
+        import polars as pl
+
+        from taxiflow.core.features import build_feature_matrix, distinct_rows
+
+        distinct, index = distinct_rows(frame, self.vocabulary.features)
+        if self._known is None:
+            new = distinct
+        else:
+            looked_up = distinct.join(self._known, on=self.keys, how="left", nulls_equal=True, maintain_order="left")
+            new = looked_up.filter(pl.col("_prediction").is_null()).select(self.keys)
+        dtype = self.model.feature_dtype  # what the model predicts in (XGBoost float32, least squares float64)
+        scored = self.model.predict(build_feature_matrix(new, self.vocabulary, dtype).X) if new.height else np.empty(0, dtype=dtype)
+        self.predicted_rows += new.height
+        fresh = new.with_columns(pl.Series("_prediction", np.asarray(scored, dtype=np.float64)))
+        if self._known is None:
+            predictions = fresh["_prediction"].to_numpy()
+        else:
+            # Known inputs from the lookup, new ones from the model, in `distinct`'s order.
+            filled = looked_up.join(fresh, on=self.keys, how="left", nulls_equal=True, maintain_order="left", suffix="_new")
+            predictions = filled.select(pl.coalesce("_prediction", "_prediction_new"))[:, 0].to_numpy()
+        remembered = 0 if self._known is None else self._known.height
+        if fresh.height and remembered + fresh.height <= self.max_remembered:
+            self._known = fresh if self._known is None else pl.concat([self._known, fresh], rechunk=False)
+        return predictions.astype(scored.dtype, copy=False)[index]
 
 
 def fit_linear(X: sp.csr_matrix, y: np.ndarray, weight: np.ndarray | None = None) -> LinearModel:

@@ -22,6 +22,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -398,6 +399,34 @@ class TrackingStore:
 
     def log_artifact_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self._retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path), f"logging {path.name}")
+
+    def log_report_run(
+        self, *, run_name: str, tags: dict[str, str], params: dict[str, str], metrics: dict[str, float], texts: dict[str, str]
+    ) -> tuple[str, str]:
+        """A run recording a finished job (a scoring run's drift report): params, metrics, text artifacts, FINISHED.
+
+        `texts` maps artifact paths to their content. Returns (experiment id, run id); a failure
+        marks the run FAILED and is raised.
+        """
+        experiment_id = self._retry(self._experiment_id, "finding the experiment")
+        run = self._retry(lambda: self.client.create_run(experiment_id, run_name=run_name, tags=tags), "creating the run")
+        run_id = run.info.run_id
+        try:
+            self._retry(
+                lambda: self.client.log_batch(
+                    run_id,
+                    params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()],
+                    metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in metrics.items()],
+                ),
+                "logging params and metrics",
+            )
+            for artifact_file, text in texts.items():
+                self._retry(partial(self.client.log_text, run_id, text, artifact_file), f"logging {artifact_file}")
+            self.finish(run_id)
+        except BaseException:
+            self._terminate_quietly(run_id, "FAILED")
+            raise
+        return experiment_id, run_id
 
     def abandon(self, run_id: str, registered: RegisteredModel | None) -> None:
         """Undo a registration whose run failed before its commit point: delete the version, fail the run.

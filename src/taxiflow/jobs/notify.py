@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from taxiflow.core.errors import InvalidArgumentError
-from taxiflow.core.messages import LifecycleEvent, render_message
+from taxiflow.core.messages import DriftEvent, LifecycleEvent, render_message
 from taxiflow.core.notification_targets import TARGET_FORMS, WEBHOOK_URL_ENV, check_block_name, parse_targets
 from taxiflow.io.notifications import (
     SMTP_PASSWORD_ENV,
@@ -42,7 +42,7 @@ _STATE_KINDS = {"COMPLETED": "completed", "FAILED": "failed", "CRASHED": "crashe
 # --- what flows call -----------------------------------------------------------------------------
 
 
-def send_event(event: LifecycleEvent, targets: Sequence[str] | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Delivery]:
+def send_event(event: LifecycleEvent | DriftEvent, targets: Sequence[str] | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Delivery]:
     """Render `event` and send it to `targets` (default: TAXIFLOW_NOTIFY_TARGETS). Best-effort: never raises."""
     chosen = list(configured_targets() if targets is None else targets)
     if not chosen:
