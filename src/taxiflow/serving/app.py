@@ -97,7 +97,9 @@ def create_app(holder: ModelHolder, *, max_rides: int, max_body_bytes: int, admi
     async def ready() -> Response:
         current = holder.current
         if current is None:
-            return _error(503, f"no model loaded yet ({holder.describe()['refused'] or 'alias ' + repr(holder.alias) + ' not loaded'})")
+            refused = holder.refused
+            why = f"v{refused['version']} refused: {refused['reason']}" if refused else f"waiting for a version under alias {holder.alias!r}"
+            return _error(503, f"no model loaded yet ({why})")
         return _json({"ready": True, "model_version": current.ref.version})
 
     @app.get("/model", responses=_responses({"type": "object"}), summary="The model answering: version, run, RMSE, months, when loaded")

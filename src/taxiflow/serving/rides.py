@@ -1,7 +1,8 @@
 """What `POST /predict` accepts: one ride or a list of rides, checked field by field, returned as columns.
 
-The body is parsed by orjson and checked by pydantic-core (both compiled); the checked rides become
-columns in polars' Rust loop. A bad ride is named by its index and its field.
+pydantic-core parses and checks the body in one compiled pass (JSON mode: JSON's types are the
+schema's); the checked rides become columns in polars' Rust loop. A bad ride is named by its index
+and its field.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def describe_errors(errors: list[Any], *, single: bool, limit: int = 5) -> str:
         where = ""
         if not single and loc and isinstance(loc[0], int):
             where = f"ride {loc.pop(0)}: "
-        field = ".".join(str(p) for p in loc if not str(p).startswith(("int", "str", "constrained")))
+        field = ".".join(str(p) for p in loc if not str(p).startswith(("int", "str", "float", "constrained", "function")))
         lines.append(f"{where}{field + ': ' if field else ''}{error['msg']}")
     more = len(errors) - limit
     return "; ".join(lines) + (f"; and {more} more" if more > 0 else "")
