@@ -199,7 +199,7 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(registry, tmp
         registry.set_champion("3")
         refused = wait_for(lambda: (m := service.get("/model").json())["refused"] and m, timeout_s=30, what="the service to refuse v3")
         assert refused["refused"]["version"] == "3" and refused["refused"]["reason"]
-        assert refused["model"]["version"] == "2"
+        assert refused["model"]["version"] == "2" and refused["alias_version"] == "3"
         after = service.predict(RIDE).json()
         assert after == before  # v2 still answers, unchanged
         assert service.get("/ready").status_code == 200
@@ -212,5 +212,9 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(registry, tmp
         registry.set_champion("1")
         wait_for(lambda: service.get("/model").json()["model"]["version"] == "1", timeout_s=30, what="the service to load v1")
         assert service.get("/model").json()["refused"] is None
+        # The alias removed (by mistake): the last good model keeps serving, and /model says the alias is gone.
+        registry.client().delete_registered_model_alias(MODEL, "champion")
+        wait_for(lambda: service.get("/model").json()["alias_version"] is None, timeout_s=30, what="the service to see the alias gone")
+        assert service.predict(RIDE).json()["model_version"] == "1" and service.get("/ready").status_code == 200
         log = service.log.read_text()
     assert "v3 refused, keeping v2" in log and TOKEN not in log

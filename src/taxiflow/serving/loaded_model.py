@@ -86,6 +86,7 @@ class ModelHolder:
         self.current: LoadedModel | None = None
         self.refused: dict[str, str] | None = None  # {"version": ..., "reason": ...}
         self.last_check_error: str | None = None
+        self.alias_version: str | None = None  # what the alias named at the last check (None: no such alias)
         self.last_checked: dt.datetime | None = None
         self._lock = threading.Lock()  # one load at a time (poll thread vs admin reload)
         self._stop = threading.Event()
@@ -103,7 +104,9 @@ class ModelHolder:
                 return "registry unreachable"
             finally:
                 self.last_checked = dt.datetime.now(dt.UTC)
+            self.alias_version = ref.version if ref is not None else None
             if ref is None:
+                # The last good model keeps serving: an alias removed by mistake must not take predictions down.
                 return f"no version has alias {self.alias!r}"
             if self.current is not None and self.current.ref.version == ref.version:
                 return f"v{ref.version} already serving"
@@ -163,6 +166,7 @@ class ModelHolder:
         return {
             "model_name": getattr(self.store, "model_name", None),
             "alias": self.alias,
+            "alias_version": self.alias_version,
             "tracking_uri": self.store.shown_uri,
             "model": model,
             "refused": self.refused,
