@@ -151,11 +151,17 @@ def test_no_champion_or_an_unknown_version_is_a_clear_error_and_writes_nothing(t
     assert not out.exists()
 
 
-def test_a_failure_while_writing_leaves_no_file_and_the_previous_one_intact(taxiflow, tlc_dir, tracking, tmp_path):
+def test_a_failure_while_writing_leaves_no_file_the_previous_one_intact_and_notifies(taxiflow, tlc_dir, tracking, hook, tmp_path):
     final = tmp_path / "green" / "2023-03" / "predictions-v1.parquet"
     final.parent.mkdir(parents=True)
     final.write_bytes(b"the previous run's file")
-    failed = score(taxiflow, tlc_dir, tracking, "--month", "2023-03", "--output", str(tmp_path), env={"TAXIFLOW_FAILPOINTS": "write-predictions"})
+    posts_before = len(hook.posts)
+    env = {"TAXIFLOW_FAILPOINTS": "write-predictions", "TAXIFLOW_NOTIFY_TARGETS": f"webhook:{HOOK}"}
+    failed = score(taxiflow, tlc_dir, tracking, "--month", "2023-03", "--output", str(tmp_path), env=env)
     assert failed.returncode == 1 and "failpoint 'write-predictions'" in failed.stderr
+    # The failed run tells the targets, as a failed training run does.
+    assert len(hook.posts) == posts_before + 1
+    text = hook.posts[-1].json["text"]
+    assert text.startswith("taxiflow: green 2023-03 scoring FAILED:") and "failpoint 'write-predictions'" in text and "event: score failed" in text
     # The batch written before the failure went with its temporary file: nothing partial, nothing replaced.
     assert [p.name for p in final.parent.iterdir()] == [final.name] and final.read_bytes() == b"the previous run's file"

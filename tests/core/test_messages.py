@@ -160,3 +160,9 @@ def test_a_drift_event_names_the_month_the_columns_and_the_model():
         "RMSE: 8.9083 (validation 6.0345)",
         "MLflow run URL: http://127.0.0.1:5000/#/experiments/1/runs/abc",
     ]
+
+
+def test_a_failed_scoring_run_says_it_was_scoring_and_which_month():
+    subject, body = render_message(LifecycleEvent(kind="failed", taxi="green", job="score", month="2023-03", error="disk full", flow_run_name="quiet-fox"))
+    assert subject == "taxiflow: green 2023-03 scoring FAILED: disk full"
+    assert body.splitlines()[:3] == ["event: score failed", "taxi: green", "scored month: 2023-03"] and "train month" not in body

@@ -19,7 +19,7 @@ from taxiflow.core.errors import InvalidArgumentError
 from taxiflow.core.messages import LifecycleEvent
 from taxiflow.core.notification_targets import EmailTarget, WebhookTarget, parse_target
 from taxiflow.io.notifications import configured_targets, notify, save_email_block, save_webhook_block
-from taxiflow.jobs.notify import add_notify_parser, current_flow_run_url, notify_train_run_state, run_notify_command, send_event
+from taxiflow.jobs.notify import add_notify_parser, current_flow_run_url, notify_run_state, run_notify_command, send_event
 from tests.support.receivers import down_url, smtp_receiver, webhook_receiver
 from tests.support.servers import free_port
 
@@ -264,7 +264,7 @@ def test_the_notify_commands_save_blocks_and_send_a_test_message(prefect, monkey
     assert_nowhere(secrets["token"], caplog)
 
 
-@flow(name="notify-hook-check", on_failure=[notify_train_run_state], on_crashed=[notify_train_run_state])
+@flow(name="notify-hook-check", on_failure=[notify_run_state], on_crashed=[notify_run_state])
 def failing_train(taxi: str = "green", train_month: str = "2023-01", val_month: str = "2023-02") -> None:
     raise ValueError(f"{taxi} {val_month} is not published")
 

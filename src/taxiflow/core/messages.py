@@ -35,6 +35,8 @@ class LifecycleEvent:
     taxi: str | None = None
     train_month: str | None = None
     val_month: str | None = None
+    job: str = "train"  # which flow ended: "train", or "score" (a scoring run's failure)
+    month: str | None = None  # the month a scoring run scored
     model_name: str | None = None
     rmse: float | None = None
     challenger_version: str | None = None
@@ -154,6 +156,8 @@ def _one_line(text: object, limit: int = BODY_VALUE_CHARS) -> str:
 
 
 def _scope(event: LifecycleEvent) -> str:
+    if event.job == "score":
+        return " ".join(part for part in (event.taxi, event.month, "scoring") if part)
     months = "->".join(m for m in (event.train_month, event.val_month) if m)
     return " ".join(part for part in (event.taxi, months) if part) or "train run"
 
@@ -190,8 +194,9 @@ def _subject(event: LifecycleEvent) -> str:
 
 def _body(event: LifecycleEvent) -> str:
     facts: list[tuple[str, object]] = [
-        ("event", event.kind),
+        ("event", event.kind if event.job == "train" else f"{event.job} {event.kind}"),
         ("taxi", event.taxi),
+        ("scored month", event.month),
         ("train month", event.train_month),
         ("validation month", event.val_month),
         ("flow run", event.flow_run_name),

@@ -30,7 +30,7 @@ from taxiflow.io.predictions import S3_OUTPUT, LocalPredictionSink, PredictionSi
 from taxiflow.io.registry import ModelRegistry
 from taxiflow.io.sources import MonthSource, S3Source
 from taxiflow.io.tracking import TrackingStore, mlflow_run_url, redact_uri
-from taxiflow.jobs.notify import current_flow_run_url, send_event
+from taxiflow.jobs.notify import current_flow_run_url, notify_run_state, send_event
 from taxiflow.jobs.scoring import ScoredMonth, ScoringModel, load_scoring_model, score_trip_file
 from taxiflow.settings import TaxiflowSettings, load_settings
 
@@ -270,4 +270,5 @@ def run_scoring(request: ScoreRequest, settings: TaxiflowSettings) -> dict:
 # The parameters (and so Prefect's run form) are ScoreRequest's fields, flat and typed.
 _score.__signature__ = flow_signature(ScoreRequest)  # type: ignore[attr-defined]
 _score.__doc__ = flow_docstring("Score a month's rides with the champion (or a given version), write the predictions, check drift.", ScoreRequest)
-score = flow(name="score", log_prints=True)(_score)
+# A failed, crashed or cancelled scoring run tells the same targets a training run does.
+score = flow(name="score", log_prints=True, on_failure=[notify_run_state], on_crashed=[notify_run_state], on_cancellation=[notify_run_state])(_score)

@@ -47,7 +47,7 @@ from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
 from taxiflow.io.tracking import TrackingStore, mlflow_run_url, mlflow_version_url, redact_uri
 from taxiflow.io.trip_files import get_month_file
 from taxiflow.io.trip_tables import read_trip_table
-from taxiflow.jobs.notify import current_flow_run_url, notify_train_run_state, send_event
+from taxiflow.jobs.notify import current_flow_run_url, notify_run_state, send_event
 from taxiflow.settings import TaxiflowSettings, load_settings
 
 REPORT_KEY = "duration-model-report"
@@ -297,7 +297,7 @@ _train.__doc__ = flow_docstring("Train a trip-duration model on one month, valid
 train = flow(
     name="train",
     log_prints=True,
-    on_failure=[notify_train_run_state],
-    on_crashed=[notify_train_run_state],
-    on_cancellation=[notify_train_run_state],
+    on_failure=[notify_run_state],
+    on_crashed=[notify_run_state],
+    on_cancellation=[notify_run_state],
 )(_train)

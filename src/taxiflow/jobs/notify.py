@@ -5,7 +5,7 @@
   (password from TAXIFLOW_SMTP_PASSWORD)
 - `taxiflow notify test --target T [--target T2]`: send a test message to each target
 
-From a flow: `send_event(event)` on the success path, and `notify_train_run_state` as the flow's
+From a flow: `send_event(event)` on the success path, and `notify_run_state` as the flow's
 on_failure / on_crashed / on_cancellation hook. Targets come from TAXIFLOW_NOTIFY_TARGETS unless given.
 """
 
@@ -67,8 +67,8 @@ def current_flow_run_url() -> str | None:
         return None
 
 
-def event_from_flow_run(flow_run: Any, state: Any) -> LifecycleEvent:
-    """A failed / crashed / cancelled (or completed) train run, from what a Prefect state hook receives."""
+def event_from_flow_run(flow_run: Any, state: Any, job: str = "train") -> LifecycleEvent:
+    """A failed / crashed / cancelled (or completed) train or score run, from what a Prefect state hook receives."""
     from prefect.utilities.urls import url_for
 
     params = dict(getattr(flow_run, "parameters", None) or {})
@@ -88,6 +88,8 @@ def event_from_flow_run(flow_run: Any, state: Any) -> LifecycleEvent:
         taxi=text("taxi"),
         train_month=text("train_month"),
         val_month=text("val_month"),
+        job=job,
+        month=text("month"),
         model_name=text("model_name"),
         flow_run_name=getattr(flow_run, "name", None),
         flow_run_url=url or None,
@@ -101,13 +103,17 @@ def run_targets(flow_run: Any) -> list[str]:
     return list(given) if given is not None else configured_targets()
 
 
-def notify_train_run_state(flow: Any, flow_run: Any, state: Any) -> None:
-    """A Prefect flow state hook (on_failure / on_crashed / on_cancellation): tell the run's targets. Never raises."""
+def notify_run_state(flow: Any, flow_run: Any, state: Any) -> None:
+    """A Prefect flow state hook (on_failure / on_crashed / on_cancellation): tell the run's targets. Never raises.
+
+    Serves the `train` and `score` flows alike (the event says which, from the flow's name).
+    """
     try:
         targets = run_targets(flow_run)
         if not targets:
             return
-        deliveries = send_event(event_from_flow_run(flow_run, state), targets)
+        job = "score" if getattr(flow, "name", None) == "score" else "train"
+        deliveries = send_event(event_from_flow_run(flow_run, state, job), targets)
         _run_logger().info("notifications: %s", "; ".join(f"{'ok' if d.ok else 'FAILED'} {d.target}" for d in deliveries))
     except Exception as exc:  # noqa: BLE001 - a hook that raises only adds noise to a run that already failed
         LOGGER.warning("notification hook failed: %s", type(exc).__name__)
@@ -218,7 +224,7 @@ __all__ = [
     "add_notify_parser",
     "current_flow_run_url",
     "event_from_flow_run",
-    "notify_train_run_state",
+    "notify_run_state",
     "run_notify_command",
     "send_event",
 ]
