@@ -1,6 +1,8 @@
 """Prediction files: published whole or not at all, locally (rename) and to S3 (upload of the completed file)."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -31,6 +33,22 @@ def test_a_local_file_appears_only_when_committed_and_a_failure_leaves_the_old_o
     with pytest.raises(InjectedFailure), LocalPredictionSink(final, "4") as failing:
         failing.write(np.arange(2), np.array([9.0, 9.0]))  # written, then the failpoint fires
     assert final.read_bytes() == before and [p.name for p in final.parent.iterdir()] == [final.name]
+
+
+def test_a_killed_writers_part_is_removed_by_the_next_writer_and_a_live_ones_is_kept(tmp_path):
+    final = tmp_path / predictions_key("green", "2023-03", "3")
+    final.parent.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a writer that is gone: its PID no longer runs
+    orphan = final.with_name(f".{final.name}.{dead.pid}.partial")
+    live = final.with_name(f".{final.name}.1.partial")  # PID 1 always runs: maybe a writer still at work
+    unrelated = final.with_name(".other.parquet.99999999.partial")
+    for part in (orphan, live, unrelated):
+        part.write_bytes(b"half a file")
+    with LocalPredictionSink(final, "3") as sink:
+        _write_two_batches(sink)
+        sink.commit()
+    assert sorted(p.name for p in final.parent.iterdir()) == sorted([final.name, live.name, unrelated.name])
 
 
 @pytest.mark.servers  # a local S3 server

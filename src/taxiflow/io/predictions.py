@@ -5,7 +5,7 @@ A sink writes batches into a temporary file and publishes it only on `commit`: l
 file system is atomic: readers see the old file or the new one, never a part); to S3 by uploading
 the completed local file (an object appears only once its upload completes). Any failure before the
 commit deletes the temporary file. A process killed while writing can leave its hidden `.partial`
-file, never a file under the final name.
+file, never a file under the final name; the next sink for that file removes it (its PID is gone).
 
 Columns: `ride_index` (the ride's row position in the source month file), `prediction` (minutes),
 `model_version` (the registered version that predicted it).
@@ -79,6 +79,17 @@ class _ParquetPart:
         self.path.unlink(missing_ok=True)
 
 
+def _remove_orphaned_parts(path: Path) -> None:
+    """Delete `path`'s temporary files left by killed writers: those whose writer's PID no longer runs.
+
+    A part whose PID runs (its writer, or an unrelated process that reused the PID) is left alone.
+    """
+    for part in path.parent.glob(f".{path.name}.*.partial"):
+        pid = part.name[len(path.name) + 2 : -len(".partial")]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            part.unlink(missing_ok=True)
+
+
 class LocalPredictionSink:
     """Predictions into `path`, published atomically on `commit`."""
 
@@ -86,6 +97,7 @@ class LocalPredictionSink:
         self.final = path
         self.location = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphaned_parts(path)
         self._part = _ParquetPart(path.with_name(f".{path.name}.{os.getpid()}.partial"), model_version)
         self._done = False
 
