@@ -16,6 +16,8 @@ from taxiflow.core.schema import TAXI_TYPES
 from taxiflow.jobs.notify import add_notify_parser, run_notify_command
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from taxiflow.platform.local_prefect import LocalServer
     from taxiflow.settings import TaxiflowSettings
 
@@ -225,6 +227,19 @@ def _check_tracking_store(request: TrainRequest) -> None:
     store.preflight(request.model_name or settings.model_name)
 
 
+def _run_flow(module: str, name: str, request: BaseModel) -> dict:
+    """Run a flow with the request's values, on the Prefect server `_connect_prefect` chooses."""
+    import importlib
+
+    local_server = _connect_prefect()
+    flow = getattr(importlib.import_module(module), name)  # imported once the server is chosen: Prefect reads it at import
+    if local_server is not None:
+        local_server.wait_ready()
+    global _FLOW_STARTED
+    _FLOW_STARTED = True
+    return flow(**request.model_dump(exclude_unset=True))
+
+
 def _train(args: argparse.Namespace) -> int:
     # Validate everything the user typed before paying for Prefect's start-up.
     request = validated_request(TrainRequest, request_values(args, TrainRequest), option_names=option_names(TrainRequest, TRAIN_OPTION_NAMES))
@@ -233,15 +248,7 @@ def _train(args: argparse.Namespace) -> int:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
 
     _check_tracking_store(request)
-    local_server = _connect_prefect()
-    from taxiflow.flows.train import train
-
-    if local_server is not None:
-        local_server.wait_ready()
-
-    global _FLOW_STARTED
-    _FLOW_STARTED = True
-    summary = train(**request.model_dump(exclude_unset=True))
+    summary = _run_flow("taxiflow.flows.train", "train", request)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -258,15 +265,7 @@ def _score(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri  # by environment, not a flow parameter: URIs can carry credentials
     _check_scoring_model(request)
-    local_server = _connect_prefect()
-    from taxiflow.flows.score import score
-
-    if local_server is not None:
-        local_server.wait_ready()
-
-    global _FLOW_STARTED
-    _FLOW_STARTED = True
-    summary = score(**request.model_dump(exclude_unset=True))
+    summary = _run_flow("taxiflow.flows.score", "score", request)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -23,14 +23,14 @@ from taxiflow.core.errors import TaxiflowError
 from taxiflow.core.messages import DriftEvent
 from taxiflow.core.preparation import describe_drops
 from taxiflow.core.request import ScoreRequest, flow_docstring, flow_signature, validated_request
-from taxiflow.flows.train import check_tracking_store, get_month, month_source
+from taxiflow.flows.train import check_tracking_store, get_month, month_source, notify_outcome
 from taxiflow.flows.worker_bond import exit_with_worker
 from taxiflow.io.month_cache import TripFile
 from taxiflow.io.predictions import S3_OUTPUT, LocalPredictionSink, PredictionSink, S3PredictionSink, predictions_key
 from taxiflow.io.registry import ModelRegistry
 from taxiflow.io.sources import MonthSource, S3Source
 from taxiflow.io.tracking import TrackingStore, mlflow_run_url, redact_uri
-from taxiflow.jobs.notify import current_flow_run_url, notify_run_state, send_event
+from taxiflow.jobs.notify import current_flow_run_url, notify_run_state
 from taxiflow.jobs.scoring import ScoredMonth, ScoringModel, load_scoring_model, score_trip_file
 from taxiflow.settings import TaxiflowSettings, load_settings
 
@@ -124,19 +124,6 @@ def log_scoring_run(store: TrackingStore, summary: dict, markdown: str, report: 
     logged = store.log_report_run(run_name=run_name, tags=tags, params=params, metrics=metrics, texts=texts)
     get_run_logger().info("logged the drift report to MLflow run %s", logged[1])
     return logged
-
-
-@task(cache_policy=NO_CACHE)
-def notify_drift(event: DriftEvent, targets: list[str]) -> list[str]:
-    """Best-effort, bounded in time, never failing the run."""
-    try:
-        deliveries = send_event(event, targets)
-    except Exception as exc:  # noqa: BLE001 - send_event promises not to raise; the predictions are written either way
-        get_run_logger().warning("drift notifications not sent: %s", type(exc).__name__)
-        return []
-    if deliveries:
-        get_run_logger().info("drift notifications: %s", "; ".join(f"{'ok' if d.ok else 'FAILED'} {d.target}" for d in deliveries))
-    return [str(d) for d in deliveries]
 
 
 def _reference(
@@ -258,7 +245,7 @@ def run_scoring(request: ScoreRequest, settings: TaxiflowSettings) -> dict:
             flow_run_url=current_flow_run_url(),
             mlflow_run_url=run_url,
         )
-        notified = notify_drift(event, request.notify if request.notify is not None else settings.notify_targets.split())
+        notified = notify_outcome(event, request.notify if request.notify is not None else settings.notify_targets.split())
     return summary | {
         "mlflow_run_id": run_id,
         "tracking_uri": redact_uri(store.tracking_uri),

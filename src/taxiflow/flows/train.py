@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from taxiflow.core.features import FeatureVocabulary, required_columns
-from taxiflow.core.messages import LifecycleEvent
+from taxiflow.core.messages import DriftEvent, LifecycleEvent
 from taxiflow.core.months import Month
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
 from taxiflow.core.report import render_training_report
@@ -187,11 +187,11 @@ def _month_facts(trip_file: TripFile, prepared: PreparedTrips) -> MonthFacts:
 
 
 @task(cache_policy=NO_CACHE)
-def notify_outcome(event: LifecycleEvent, targets: list[str] | None) -> list[str]:
-    """After the commit point: best-effort, bounded in time, never failing the run."""
+def notify_outcome(event: LifecycleEvent | DriftEvent, targets: list[str] | None) -> list[str]:
+    """After the commit point (or a scoring run's file): best-effort, bounded in time, never failing the run."""
     try:
         deliveries = send_event(event, targets)
-    except Exception as exc:  # noqa: BLE001 - send_event promises not to raise; the run is committed either way
+    except Exception as exc:  # noqa: BLE001 - send_event promises not to raise; the run's results stand either way
         get_run_logger().warning("notifications not sent: %s", type(exc).__name__)
         return []
     if deliveries:
