@@ -351,35 +351,28 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+# `taxiflow serve`'s options are settings (TAXIFLOW_SERVE_*, ...): a flag overrides its setting.
+SERVE_OPTION_NAMES = {
+    "serve_host": "--host",
+    "serve_port": "--port",
+    "serve_alias": "--alias",
+    "serve_poll_s": "--poll-s",
+    "serve_max_rides": "--max-rides",
+    "serve_max_body_bytes": "--max-body-bytes",
+    "tracking_uri": "--tracking-uri",
+    "model_name": "--model-name",
+}
+
+
 def _serve(args: argparse.Namespace) -> int:
     from taxiflow.serving.service import ServeOptions, serve
-    from taxiflow.settings import load_settings
+    from taxiflow.settings import TaxiflowSettings, load_settings
 
-    settings = load_settings()
-    checks = {
-        "--port": (args.port, 0, 65535),
-        "--poll-s": (args.poll_s, 0.01, None),
-        "--max-rides": (args.max_rides, 1, None),
-        "--max-body-bytes": (args.max_body_bytes, 1024, None),
-    }
-    for option, (value, low, high) in checks.items():
-        if value is not None and (value < low or (high is not None and value > high)):
-            raise InvalidArgumentError(
-                f"{option} must be {'between ' + str(low) + ' and ' + str(high) if high is not None else 'at least ' + str(low)}, got {value}"
-            )
-    options = ServeOptions.from_settings(
-        settings,
-        host=args.host,
-        port=args.port,
-        tracking_uri=args.tracking_uri,
-        model_name=args.model_name,
-        alias=args.alias,
-        poll_s=args.poll_s,
-        max_rides=args.max_rides,
-        max_body_bytes=args.max_body_bytes,
-        access_log=args.access_log or None,
-    )
-    serve(options, settings)
+    flags = {field: getattr(args, option.removeprefix("--").replace("-", "_")) for field, option in SERVE_OPTION_NAMES.items()}
+    # Checked by the settings' own constraints, so a flag and its environment variable accept the same values.
+    values = load_settings().model_dump() | {field: value for field, value in flags.items() if value is not None}
+    settings = validated_request(TaxiflowSettings, values, option_names=SERVE_OPTION_NAMES)
+    serve(ServeOptions.from_settings(settings, access_log=args.access_log), settings)
     return 0
 
 

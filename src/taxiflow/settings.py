@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from taxiflow.core.errors import InvalidArgumentError
 
 TLC_BASE_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/"
 
@@ -69,4 +71,9 @@ class TaxiflowSettings(BaseSettings):
 
 
 def load_settings() -> TaxiflowSettings:
-    return TaxiflowSettings()
+    """The settings, or InvalidArgumentError naming each bad TAXIFLOW_* variable (not pydantic's traceback)."""
+    try:
+        return TaxiflowSettings()
+    except ValidationError as exc:
+        problems = "; ".join(f"TAXIFLOW_{'_'.join(str(p) for p in e['loc']).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgumentError(f"bad setting in the environment: {problems}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from taxiflow.io.model_store import MlflowModelStore, RestModelStore
 from tests.serving.conftest import MODEL, Registry, running_service
-from tests.support.servers import VENV_BIN, wait_for
+from tests.support.servers import VENV_BIN, base_env, wait_for
 
 pytestmark = pytest.mark.servers
 RIDE = {"PULocationID": 74, "DOLocationID": 75, "trip_distance": 2.5}
@@ -218,3 +219,25 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(registry, tmp
         assert service.predict(RIDE).json()["model_version"] == "1" and service.get("/ready").status_code == 200
         log = service.log.read_text()
     assert "v3 refused, keeping v2" in log and TOKEN not in log
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--port", "70000"], {}, r"--port: expected an integer in 0\.\.65535, got 70000"),
+        (["--poll-s", "0"], {}, r"--poll-s: expected a number > 0, got 0\.0"),
+        (["--max-body-bytes", "10"], {}, r"--max-body-bytes: expected an integer >= 1024, got 10"),
+        # The same limits hold for the environment: one clear line, not pydantic's traceback.
+        ([], {"TAXIFLOW_SERVE_MAX_RIDES": "0"}, r"bad setting in the environment: TAXIFLOW_SERVE_MAX_RIDES='0': Input should be greater than or equal to 1"),
+    ],
+)
+def test_bad_options_are_refused_before_the_service_starts(args, env, message, tmp_path):
+    result = subprocess.run(
+        [str(VENV_BIN / "taxiflow"), "serve", *args],
+        env=base_env(TAXIFLOW_STATE_DIR=str(tmp_path / "state"), **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and re.fullmatch("taxiflow: error: " + message + r"\n", result.stderr), result.stderr[-2000:]
+    assert not (tmp_path / "state").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from taxiflow.settings import TaxiflowSettings
 
@@ -23,19 +22,18 @@ class ServeOptions:
     access_log: bool = False
 
     @classmethod
-    def from_settings(cls, settings: TaxiflowSettings, **overrides) -> ServeOptions:
-        values: dict[str, Any] = {
-            "host": settings.serve_host,
-            "port": settings.serve_port,
-            "tracking_uri": settings.resolved_tracking_uri(),
-            "model_name": settings.model_name,
-            "alias": settings.serve_alias,
-            "poll_s": settings.serve_poll_s,
-            "max_rides": settings.serve_max_rides,
-            "max_body_bytes": settings.serve_max_body_bytes,
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def from_settings(cls, settings: TaxiflowSettings, *, access_log: bool = False) -> ServeOptions:
+        return cls(
+            host=settings.serve_host,
+            port=settings.serve_port,
+            tracking_uri=settings.resolved_tracking_uri(),
+            model_name=settings.model_name,
+            alias=settings.serve_alias,
+            poll_s=settings.serve_poll_s,
+            max_rides=settings.serve_max_rides,
+            max_body_bytes=settings.serve_max_body_bytes,
+            access_log=access_log,
+        )
 
 
 def keep_scikit_learn_out() -> None:
