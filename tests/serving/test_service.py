@@ -209,6 +209,10 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(registry, tmp
         assert httpx.post(f"{service.url}/admin/reload", headers={"authorization": "Bearer wrong"}).status_code == 401
         reload = httpx.post(f"{service.url}/admin/reload", headers={"authorization": f"Bearer {TOKEN}"}, timeout=60)
         assert reload.status_code == 200 and reload.json()["outcome"].startswith("v3 refused")
+        # The alias comes back to the version serving: the refusal is history, not the state.
+        registry.set_champion("2")
+        wait_for(lambda: service.get("/model").json()["refused"] is None, timeout_s=30, what="the refusal to clear")
+        assert service.get("/model").json()["alias_version"] == "2"
         # The alias moves back to a good version: it is followed again.
         registry.set_champion("1")
         wait_for(lambda: service.get("/model").json()["model"]["version"] == "1", timeout_s=30, what="the service to load v1")

@@ -109,6 +109,7 @@ class ModelHolder:
                 # The last good model keeps serving: an alias removed by mistake must not take predictions down.
                 return f"no version has alias {self.alias!r}"
             if self.current is not None and self.current.ref.version == ref.version:
+                self.refused = None  # the alias came back from a refused version: nothing is refused now
                 return f"v{ref.version} already serving"
             if not force and self.refused is not None and self.refused["version"] == ref.version:
                 return f"v{ref.version} was refused: {self.refused['reason']}"
