@@ -83,15 +83,20 @@ def test_no_rows_left_names_the_file():
         prepare_trips(table, source="short.parquet")
 
 
-def test_rows_failing_contracts_are_dropped_and_counted_by_first_reason():
+def _rows_failing_each_contract():
+    """Seven rows: fine, no pickup time, zone 0 and distance -1, zone 300, negative duration, no zone, 2 hours."""
     t0 = dt.datetime(2023, 1, 10, 12)
     ok = t0 + dt.timedelta(minutes=10)
-    table = _table(
+    return _table(
         [t0, None, t0, t0, t0, t0, t0],
         [ok, ok, ok, ok, t0 - dt.timedelta(minutes=3), ok, t0 + dt.timedelta(hours=2)],
         zones=([5, 5, 0, 300, 5, None, 5], 7),
         distances=[1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0],
     )
+
+
+def test_rows_failing_contracts_are_dropped_and_counted_by_first_reason():
+    table = _rows_failing_each_contract()
     prepared = prepare_trips(table, source="t.parquet", month=Month(2023, 1))
     assert prepared.rows_kept == 1 and prepared.rows_read == 7
     assert prepared.dropped == {
@@ -146,14 +151,7 @@ def test_empty_file_is_refused():
 
 
 def test_scoring_keeps_every_ride_with_valid_inputs_and_only_usable_actuals():
-    t0 = dt.datetime(2023, 1, 10, 12)
-    ok = t0 + dt.timedelta(minutes=10)
-    table = _table(
-        [t0, None, t0, t0, t0, t0, t0],
-        [ok, ok, ok, ok, t0 - dt.timedelta(minutes=3), ok, t0 + dt.timedelta(hours=2)],
-        zones=([5, 5, 0, 300, 5, None, 5], 7),
-        distances=[1.0, 1.0, -1.0, 1.0, 1.0, 1.0, 1.0],
-    )
+    table = _rows_failing_each_contract()
     rides = prepare_rides(table, source="t.parquet", feature_columns=["pickup_zone", "dropoff_zone", "distance"], first_index=100)
     # Scored: the rides whose zones and distance pass the contracts, whatever their timestamps say.
     assert rides.frame["ride_index"].to_list() == [100, 101, 104, 106]

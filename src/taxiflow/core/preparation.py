@@ -41,6 +41,18 @@ class PreparedTrips:
         return self.frame.height
 
 
+def _passing_rows(frame: pl.DataFrame, checks: list) -> tuple[pl.Series, dict[str, int]]:
+    """Which rows pass every check, and how many fail by first failed reason (in the checks' order)."""
+    valid = frame.select(pl.all_horizontal([expr.fill_null(False) for _, expr in checks]) if checks else pl.lit(True))[:, 0]
+    failed: dict[str, int] = {}
+    if not valid.all():
+        # Reasons are computed only for the (few) failing rows.
+        reasons = frame.filter(~valid).select(first_failed_reason(checks).alias("reason"))["reason"].value_counts()
+        order = {check.reason: i for i, (check, _) in enumerate(checks)}
+        failed = dict(sorted(zip(reasons["reason"].to_list(), reasons["count"].to_list(), strict=True), key=lambda kv: order[kv[0]]))
+    return valid, failed
+
+
 def _coerce(frame: pl.DataFrame, source: str) -> pl.DataFrame:
     """Cast each canonical column to its one type, whatever the month stored it as."""
     exprs = []
@@ -106,13 +118,7 @@ def prepare_trips(
     if month is not None:
         _check_named_month(frame, month, source)
     checks = applicable_checks(frame.columns, CheckContext(month, month_window_days))
-    valid = frame.select(pl.all_horizontal([expr.fill_null(False) for _, expr in checks]))[:, 0]
-    dropped: dict[str, int] = {}
-    if not valid.all():
-        # Reasons are computed only for the (few) dropped rows.
-        reasons = frame.filter(~valid).select(first_failed_reason(checks).alias("reason"))["reason"].value_counts()
-        order = {check.reason: i for i, (check, _) in enumerate(checks)}
-        dropped = dict(sorted(zip(reasons["reason"].to_list(), reasons["count"].to_list(), strict=True), key=lambda kv: order[kv[0]]))
+    valid, dropped = _passing_rows(frame, checks)
     # Duration first, timestamps dropped, then one filter: it copies four columns, not five.
     kept = frame.with_columns(DURATION_MINUTES.alias(DURATION)).drop(PICKUP_AT, DROPOFF_AT).filter(valid)
     if kept.height == 0:
@@ -152,12 +158,7 @@ def prepare_rides(table: pa.Table | pa.RecordBatch, *, source: str, feature_colu
         raise TypeError(f"{source}: expected a pyarrow Table, got {type(table).__name__}")
     frame = _coerce(decoded, source).with_row_index(RIDE_INDEX, offset=first_index).with_columns(pl.col(RIDE_INDEX).cast(pl.Int64))
     checks = applicable_checks([c for c in feature_columns if c in frame.columns], CheckContext(None, None))
-    valid = frame.select(pl.all_horizontal([expr.fill_null(False) for _, expr in checks]) if checks else pl.lit(True))[:, 0]
-    skipped: dict[str, int] = {}
-    if not valid.all():
-        reasons = frame.filter(~valid).select(first_failed_reason(checks).alias("reason"))["reason"].value_counts()
-        order = {check.reason: i for i, (check, _) in enumerate(checks)}
-        skipped = dict(sorted(zip(reasons["reason"].to_list(), reasons["count"].to_list(), strict=True), key=lambda kv: order[kv[0]]))
+    valid, skipped = _passing_rows(frame, checks)
     kept = frame.filter(valid)
     if {PICKUP_AT, DROPOFF_AT} <= set(kept.columns):
         kept = kept.with_columns(DURATION_MINUTES.alias(DURATION)).drop(PICKUP_AT, DROPOFF_AT)
