@@ -35,7 +35,8 @@ def tracking(tmp_path):
 @pytest.fixture
 def train(run_taxiflow, tlc_dir, tracking):
     def run(*args: str, expect: int = 0, env: dict[str, str] | None = None) -> dict:
-        result = run_taxiflow("train", *PAIR, "--data-dir", str(tlc_dir), "--tracking-uri", tracking, *args, "--json", env=env)
+        # --retrain: these runs train the same pair again on purpose (else the second returns the first, cached).
+        result = run_taxiflow("train", *PAIR, "--data-dir", str(tlc_dir), "--tracking-uri", tracking, "--retrain", *args, "--json", env=env)
         assert result.returncode == expect, result.stderr[-3000:]
         return result.json() if expect in (0, 3) else {"stderr": result.stderr}
 

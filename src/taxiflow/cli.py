@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from taxiflow.cli_requests import add_request_options, option_names, request_values
 from taxiflow.core.errors import InvalidArgumentError, TaxiflowError
 from taxiflow.core.months import parse_month_range
-from taxiflow.core.request import ScoreRequest, TrainRequest, validated_request
+from taxiflow.core.request import BackfillRequest, ScoreRequest, TrainRequest, validated_request
 from taxiflow.core.schema import TAXI_TYPES
 from taxiflow.jobs.notify import add_notify_parser, run_notify_command
 
@@ -35,6 +35,7 @@ _FLOW_STARTED = False  # an error after this came from inside a flow run: its tr
 # Options spelled differently from their request field (kept from earlier releases).
 TRAIN_OPTION_NAMES = {"experiment_name": "--experiment", "promotion_reason": "--reason", "collapse_duplicates": "--no-collapse-duplicates"}
 SCORE_OPTION_NAMES = {"experiment_name": "--experiment"}
+BACKFILL_OPTION_NAMES = {"from_month": "--from", "to_month": "--to", "experiment_name": "--experiment", "collapse_duplicates": "--no-collapse-duplicates"}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -47,6 +48,11 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the state dir)")
     train.add_argument("--require-promotion", action="store_true", help="exit 3 when the run completes but its model does not become champion (promote auto)")
     train.add_argument("--json", action="store_true", help="print one JSON object with the run's summary")
+
+    backfill = sub.add_parser("backfill", help="train every consecutive pair of months in a range, gated in month order (one parent flow run)")
+    add_request_options(backfill, BackfillRequest, BACKFILL_OPTION_NAMES, required=("from_month", "to_month"))
+    backfill.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the state dir)")
+    backfill.add_argument("--json", action="store_true", help="print one JSON object: each pair's status, RMSE, version, promoted")
 
     models = sub.add_parser("models", help="the registered model's versions and its champion").add_subparsers(dest="models_command", required=True)
     for name, help_text in (
@@ -79,6 +85,14 @@ def _build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--folder", default="", help="key prefix of the month files in the bucket")
     blocks.add_argument("--endpoint-url", help="S3-protocol endpoint (e.g. a local moto server)")
     blocks.add_argument("--block", default="taxi-data", help="S3Bucket block name")
+
+    cache = sub.add_parser("cache", help="the local caches: downloaded months and prepared trips").add_subparsers(dest="cache_command", required=True)
+    cache_ls = cache.add_parser("ls", help="every entry, its size and last use, least recently used first")
+    cache_ls.add_argument("--json", action="store_true")
+    prune = cache.add_parser("prune", help="remove entries unused for a while, or the least recently used beyond a size")
+    prune.add_argument("--max-size", help="keep at most this much, e.g. 2GB or 500MB (least recently used go first)")
+    prune.add_argument("--older-than", type=float, metavar="DAYS", help="remove entries unused for more than DAYS days")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
     stack = sub.add_parser("stack", help="the local platform: Prefect server + worker, MLflow server, S3 server").add_subparsers(
         dest="stack_command", required=True
@@ -164,7 +178,9 @@ def _deploy(args: argparse.Namespace) -> int:
     if result.returncode != 0:
         print(result.stdout[-3000:], result.stderr[-3000:], file=sys.stderr)
         raise TaxiflowError(f"prefect deploy failed (exit {result.returncode}) against {env['PREFECT_API_URL']}")
-    print(f"Deployed to {env['PREFECT_API_URL']}: train/taxi-local-data, train/taxi-s3-data, train-monthly/taxi-monthly, score/taxi-score")
+    print(
+        f"Deployed to {env['PREFECT_API_URL']}: train/taxi-local-data, train/taxi-s3-data, train-monthly/taxi-monthly, score/taxi-score, backfill/taxi-backfill"
+    )
     print("Run one: prefect deployment run 'train/taxi-local-data' -p train_month=2023-01 -p val_month=2023-02")
     return 0
 
@@ -213,6 +229,55 @@ def _connect_prefect() -> LocalServer | None:
             file=sys.stderr,
         )
     return server
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    request = validated_request(BackfillRequest, request_values(args, BackfillRequest), option_names=option_names(BackfillRequest, BACKFILL_OPTION_NAMES))
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri  # by environment, not a flow parameter: URIs can carry credentials
+    _check_tracking_store(request.pair_request(request.pairs()[0]))
+    if request.dry_run:
+        return _print_backfill_plan(request, args.json)
+    from taxiflow.core.backfill import BackfillFailedError
+
+    try:
+        result = _run_flow("taxiflow.flows.backfill", "backfill", request)
+    except BackfillFailedError as exc:
+        print(json.dumps(exc.result) if args.json else _describe_backfill(exc.result))
+        raise
+    print(json.dumps(result) if args.json else _describe_backfill(result))
+    return 0
+
+
+def _print_backfill_plan(request: BackfillRequest, as_json: bool) -> int:
+    """The plan, without a flow run: nothing is trained, downloaded or registered."""
+    from taxiflow.settings import load_settings
+
+    if request.mode == "failed":
+        _connect_prefect()  # the pairs' last runs are in Prefect's record (before Prefect is imported: it reads the URL then)
+    from taxiflow.flows.backfill import plan_backfill
+    from taxiflow.flows.train import tracking_store
+
+    settings = load_settings()
+    store = tracking_store(settings, request.pair_request(request.pairs()[0]).experiment_name)
+    plans, _ = plan_backfill(request, settings, store)
+    if as_json:
+        print(json.dumps({"dry_run": True, "plan": [{"pair": str(p.pair), "runs": p.run, "reason": p.reason} for p in plans]}))
+    else:
+        for p in plans:
+            print(f"{'run ' if p.run else 'skip'}  {p.pair}  {p.reason}")
+        print(f"dry run: {sum(p.run for p in plans)} of {len(plans)} pair(s) would run; nothing was changed")
+    return 0
+
+
+def _describe_backfill(result: dict) -> str:
+    lines = [f"Backfill {result['taxi']} {result['from_month']}..{result['to_month']} (mode {result['mode']}):"]
+    for row in result["pairs"]:
+        rmse = f"RMSE {row['rmse']:.4f}" if row["rmse"] is not None else ""
+        version = f"v{row['version']}" if row["version"] else ""
+        lines.append(f"  {row['pair']}  {row['status']:<10} {rmse:<12} {version:<5} {'champion' if row['promoted'] else '':<8} {row['detail']}")
+    lines.append(f"  champion: v{result['champion_version']}" if result["champion_version"] else "  no champion")
+    return "\n".join(lines)
 
 
 def _check_tracking_store(request: TrainRequest) -> None:
@@ -421,6 +486,55 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_size(text: str, *, argument: str) -> int:
+    """`2GB`, `500MB`, `0` -> bytes."""
+    number, unit = text.strip().upper(), ""
+    while number and number[-1].isalpha():
+        number, unit = number[:-1], number[-1] + unit
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _SIZE_UNITS or value < 0:
+        raise InvalidArgumentError(f"{argument}: expected a size like 2GB or 500MB, got {text!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
+def _cache(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from taxiflow.jobs.cache import cache_items, prune_caches
+    from taxiflow.settings import load_settings
+
+    settings = load_settings()
+    if args.cache_command == "ls":
+        items = cache_items(settings)
+        if args.json:
+            print(json.dumps([item.row() for item in items]))
+            return 0
+        print(f"{'kind':<9}{'taxi':<7}{'month':<9}{'MB':>9}  {'last used':<17}detail")
+        for item in items:
+            used = dt.datetime.fromtimestamp(item.last_used, dt.UTC).strftime("%Y-%m-%d %H:%M")
+            print(f"{item.kind:<9}{item.taxi:<7}{item.month:<9}{item.size_bytes / 1e6:>9.1f}  {used:<17}{item.detail}")
+        print(f"{len(items)} entries, {sum(i.size_bytes for i in items) / 1e6:,.1f} MB in {settings.cache_dir()} and {settings.prepared_dir()}")
+        return 0
+    if args.max_size is None and args.older_than is None:
+        raise InvalidArgumentError("cache prune: give --max-size SIZE, --older-than DAYS, or both")
+    if args.older_than is not None and args.older_than < 0:
+        raise InvalidArgumentError(f"--older-than: expected a number of days >= 0, got {args.older_than}")
+    max_bytes = parse_size(args.max_size, argument="--max-size") if args.max_size is not None else None
+    older_than_s = args.older_than * 86400 if args.older_than is not None else None
+    removed, freed = prune_caches(settings, max_bytes=max_bytes, older_than_s=older_than_s, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for item in removed:
+        print(f"{verb} {item.kind} {item.taxi} {item.month} ({item.size_bytes / 1e6:.1f} MB)")
+    print(f"{verb} {len(removed)} entries, {freed / 1e6:,.1f} MB")
+    return 0
+
+
 def _describe(summary: dict) -> str:
     lines = [
         f"Trained {summary['model']} on {summary['taxi']} {summary['train_month']} "
@@ -435,6 +549,8 @@ def _describe(summary: dict) -> str:
     ]
     if "intercept" in summary:
         lines.insert(2, f"  intercept {summary['intercept']:.4f}")
+    if summary.get("cached"):
+        lines[0] = f"Not trained again: v{summary['model_version']} was trained on identical inputs (--retrain to train anyway). " + lines[0]
     return "\n".join(lines)
 
 
@@ -459,6 +575,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "score":
             return _score(args)
+        if args.command == "backfill":
+            return _backfill(args)
+        if args.command == "cache":
+            return _cache(args)
         if args.command == "data":
             return _data(args)
         if args.command == "stack":

@@ -65,6 +65,10 @@ class TaxiflowSettings(BaseSettings):
     def cache_dir(self) -> Path:
         return (self.state_dir / "cache").resolve()
 
+    def prepared_dir(self) -> Path:
+        """Months' prepared trips, cached by identity (io/prepared_cache.py)."""
+        return (self.state_dir / "prepared").resolve()
+
     def local_artifact_root(self) -> Path:
         """Where runs' artifacts go when tracking to the local SQLite store."""
         return (self.state_dir / "mlartifacts").resolve()

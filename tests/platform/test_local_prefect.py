@@ -20,7 +20,8 @@ from taxiflow.platform.processes import start_ticks
 from tests.conftest import stop_local_prefect
 from tests.support.servers import VENV_BIN, base_env, process_tree, still_running, wait_for
 
-TRAIN = ("train", "--taxi", "green", "--train-month", "2023-01", "--val-month", "2023-02", "--num-boost-round", "2", "--json")
+# --retrain: each run trains (the same inputs would otherwise return the first run, cached).
+TRAIN = ("train", "--taxi", "green", "--train-month", "2023-01", "--val-month", "2023-02", "--num-boost-round", "2", "--retrain", "--json")
 STARTING = "taxiflow: starting a local Prefect server"
 
 

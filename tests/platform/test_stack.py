@@ -25,7 +25,7 @@ from tests.support.servers import VENV_BIN, Proc, all_processes, base_env, free_
 pytestmark = pytest.mark.servers
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SERVICES = {"s3", "mlflow", "prefect", "worker"}
-DEPLOYMENTS = {"taxi-local-data", "taxi-s3-data", "taxi-monthly", "taxi-score"}
+DEPLOYMENTS = {"taxi-local-data", "taxi-s3-data", "taxi-monthly", "taxi-score", "taxi-backfill"}
 MODEL = "nyc-taxi-duration"
 
 
@@ -181,6 +181,9 @@ def test_deploy_registers_the_deployments_with_a_schedule(running_stack):
     assert by_name["taxi-monthly"]["schedules"][0]["schedule"]["timezone"] == "America/New_York"
     score_form = by_name["taxi-score"]["parameter_openapi_schema"]
     assert "month" in score_form["required"] and "pattern" in json.dumps(score_form["properties"]["month"])
+    backfill_form = by_name["taxi-backfill"]["parameter_openapi_schema"]
+    assert {"from_month", "to_month"} <= set(backfill_form["required"]) and "maximum" in json.dumps(backfill_form["properties"]["max_concurrency"])
+    assert by_name["taxi-backfill"]["parameters"] == {"source": "auto", "mode": "missing", "max_concurrency": 2}
 
 
 def test_schedule_creates_scheduled_runs(deployed_stack):

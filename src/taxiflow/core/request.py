@@ -14,8 +14,9 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from taxiflow.core.backfill import BackfillMode, MonthPair, month_pairs
 from taxiflow.core.errors import InvalidArgumentError
 from taxiflow.core.feature_names import parse_features, required_columns
 from taxiflow.core.months import Month, parse_month_pair
@@ -75,6 +76,8 @@ class TrainRequest(BaseModel):
     notify: list[str] | None = Field(
         None, max_length=20, description="notification targets webhook:<block> or email:<block>:<to> (default: TAXIFLOW_NOTIFY_TARGETS)"
     )
+    refresh: bool = Field(False, description="read and prepare the months again instead of using their cached prepared trips")
+    retrain: bool = Field(False, description="train even if a committed version was trained on identical inputs (else that run is returned, marked cached)")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainRequest:
@@ -142,6 +145,50 @@ class ScoreRequest(BaseModel):
             for target in self.notify:
                 parse_target(target)
         return self
+
+
+_PAIR_FIELDS = ("taxi", "train_month", "val_month", "promotion_reason", "retrain")
+
+
+class _BackfillFields(BaseModel):
+    """A backfill's own fields; `BackfillRequest` adds every training option of `TrainRequest` after them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    taxi: TaxiType = Field("green", description="trip type")
+    from_month: MonthText = Field(description="YYYY-MM: the first month of the range (trained on, validated on the next)")
+    to_month: MonthText = Field(description="YYYY-MM: the last month of the range (validates the pair before it)")
+    mode: BackfillMode = Field(
+        "missing", description="missing: skip pairs already trained on identical inputs; failed: only pairs whose last run failed; all: every pair"
+    )
+    max_concurrency: int = Field(2, ge=1, le=8, description="pairs trained at once (their gates still run in month order)")
+    dry_run: bool = Field(False, description="print the plan (each pair and why it runs or is skipped) and change nothing")
+
+    def pairs(self) -> list[MonthPair]:
+        return month_pairs(Month.parse(self.from_month, argument="from_month"), Month.parse(self.to_month, argument="to_month"))
+
+    def pair_request(self, pair: MonthPair, *, retrain: bool = False) -> TrainRequest:
+        """The `train` request of one pair: this backfill's training options and the pair's months."""
+        options = self.model_dump(exclude_unset=True, exclude=set(_BackfillFields.model_fields) - {"taxi"})
+        return TrainRequest.model_validate(options | {"train_month": pair.train_month, "val_month": pair.val_month, "retrain": retrain})
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _BackfillFields:
+        if not self.pairs():
+            raise InvalidArgumentError(f"to_month: expected a month after from_month ({self.from_month}), got {self.to_month}")
+        if getattr(self, "promote", "auto") == "force":
+            raise InvalidArgumentError("promote force would make every pair champion in turn: use auto or never (and `taxiflow models promote`)")
+        self.pair_request(self.pairs()[0])  # every training option checked as `train` checks it
+        return self
+
+
+# The training options, defined once (in TrainRequest) and shared field for field.
+BackfillRequest = create_model(
+    "BackfillRequest",
+    __base__=_BackfillFields,
+    __doc__="A range of months: one `train` run per consecutive pair, concurrent, gated in month order.",
+    **{name: (field.annotation, field) for name, field in TrainRequest.model_fields.items() if name not in _PAIR_FIELDS},  # type: ignore[call-overload]
+)
 
 
 def validated_request(model: type[BaseModel], values: dict[str, Any], *, option_names: dict[str, str] | None = None) -> Any:

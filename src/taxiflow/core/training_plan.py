@@ -56,6 +56,10 @@ class TrainingPlan:
     # the categories left out of the vocabulary are exactly those no split can use.
     zone_codes: bool = False
 
+    def identity(self) -> dict[str, object]:
+        """What decides the fitted model besides the data (`core.identity.training_key`)."""
+        return {"model": self.model, "features": list(self.features), "params": asdict(self.params) if self.model == "xgboost" else {}, **self.options()}
+
     def options(self) -> dict[str, object]:
         return {
             "min_count": self.min_count,

@@ -116,14 +116,16 @@ def gate_tags(decision: PromotionDecision, val_month: str) -> dict[str, str]:
 
 
 @task(cache_policy=NO_CACHE)
-def commit_with_decision(store: TrackingStore, registry: ModelRegistry, registered: RegisteredModel, gate: GateResult, val_month: str) -> None:
+def commit_with_decision(
+    store: TrackingStore, registry: ModelRegistry, registered: RegisteredModel, gate: GateResult, val_month: str, extra_tags: dict[str, str] | None = None
+) -> None:
     """Record the gate, commit the version, move `champion` if promoted: the run's commit point.
 
     What follows the commit point (the `challenger` alias, the run's FINISHED status) is retried
     and, if it still fails, logged: it never fails a run whose model is committed.
     """
     decision, version = gate.decision, registered.model_version
-    registry.set_tags(version, gate_tags(decision, val_month))
+    registry.set_tags(version, gate_tags(decision, val_month) | (extra_tags or {}))
     metrics: dict[str, float] = {}
     if decision.champion_rmse is not None and decision.improvement is not None:  # both or neither: no champion, no comparison
         metrics = {"champion_rmse_on_val": decision.champion_rmse, "rmse_improvement": decision.improvement}

@@ -8,6 +8,8 @@ Prefect's run form). Settings are loaded once per run and passed down.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from taxiflow.core.features import FeatureVocabulary, required_columns
+from taxiflow.core.identity import prepared_trips_key, training_key
 from taxiflow.core.messages import DriftEvent, LifecycleEvent
 from taxiflow.core.months import Month
 from taxiflow.core.preparation import PreparedTrips, prepare_trips
@@ -37,14 +40,16 @@ from taxiflow.core.training_plan import (
     training_facts,
 )
 from taxiflow.flows.evaluation_report import get_zone_boroughs, publish_evaluation_report
+from taxiflow.flows.gate_order import GATE_TURN
 from taxiflow.flows.lifecycle import GateResult, commit_with_decision, evaluate_gate, publish_promotion_decision
 from taxiflow.flows.worker_bond import exit_with_worker
 from taxiflow.io.failpoints import failpoint
 from taxiflow.io.month_cache import MonthCache, TripFile
+from taxiflow.io.prepared_cache import PreparedTripsCache
 from taxiflow.io.progress import xgboost_fit_progress
 from taxiflow.io.registry import ModelRegistry, promotion_lock
 from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
-from taxiflow.io.tracking import TrackingStore, mlflow_run_url, mlflow_version_url, redact_uri
+from taxiflow.io.tracking import SUMMARY_TAG, TrackingStore, mlflow_run_url, mlflow_version_url, redact_uri
 from taxiflow.io.trip_files import get_month_file
 from taxiflow.io.trip_tables import read_trip_table
 from taxiflow.jobs.notify import current_flow_run_url, notify_run_state, send_event
@@ -67,6 +72,22 @@ def month_source(kind: str, settings: TaxiflowSettings, tlc_base_url: str | None
     return HttpSource(base_url, timeout_s=settings.download_timeout_s, policy=policy)
 
 
+def month_inputs(request: TrainRequest, settings: TaxiflowSettings) -> tuple[str | None, MonthSource | None, str]:
+    """Where a request's months come from: (the data dir it reads in place, the download source, the cache dir)."""
+    directory = request.data_dir or str(settings.data_dir)
+    local_dir = directory if request.source in ("auto", "local") else None
+    return local_dir, month_source(request.source, settings, request.tlc_base_url, request.s3_block), str(settings.cache_dir())
+
+
+def tracking_store(settings: TaxiflowSettings, experiment_name: str | None) -> TrackingStore:
+    return TrackingStore(
+        settings.resolved_tracking_uri(),
+        experiment_name or settings.experiment_name,
+        local_artifact_root=settings.local_artifact_root(),
+        retry_budget_s=settings.tracking_retry_s,
+    )
+
+
 # Network retries (backoff, jitter, no retry on 404) happen inside the source, per download.
 @task(task_run_name="get-{taxi}-{month}", cache_policy=NO_CACHE)
 def get_month(taxi: str, month: str, source: MonthSource | None, data_dir: str | None, cache_dir: str) -> TripFile:
@@ -75,13 +96,44 @@ def get_month(taxi: str, month: str, source: MonthSource | None, data_dir: str |
     return trip_file
 
 
+# Prefect's own caching is off: prepared months are cached by identity, as verified parquet (io/prepared_cache.py).
 @task(task_run_name="prepare-{trip_file.month}", cache_policy=NO_CACHE)
-def prepare_month(trip_file: TripFile, features: tuple[str, ...], month_window_days: int | None) -> PreparedTrips:
+def prepare_month(
+    trip_file: TripFile, features: tuple[str, ...], month_window_days: int | None, prepared_dir: str, refresh: bool
+) -> tuple[PreparedTrips, bool]:
+    """The month's prepared trips, and whether they came from the cache."""
     columns = [PICKUP_AT, DROPOFF_AT, *required_columns(features)]
-    table = read_trip_table(trip_file.path, layout_for(trip_file.taxi), columns)
-    prepared = prepare_trips(table, source=trip_file.path, month=Month.parse(trip_file.month), month_window_days=month_window_days)
-    get_run_logger().info("%s: kept %d of %d rows; dropped %s", trip_file.month, prepared.rows_kept, prepared.rows_read, prepared.dropped or "none")
-    return prepared
+
+    def prepare() -> PreparedTrips:
+        table = read_trip_table(trip_file.path, layout_for(trip_file.taxi), columns)
+        return prepare_trips(table, source=trip_file.path, month=Month.parse(trip_file.month), month_window_days=month_window_days)
+
+    key = prepared_trips_key(trip_file.taxi, trip_file.month, trip_file.sha256, columns, month_window_days)
+    cache = PreparedTripsCache(Path(prepared_dir))
+    prepared, hit = cache.get_or_prepare(key, taxi=trip_file.taxi, month=trip_file.month, data_identity=trip_file.sha256, prepare=prepare, refresh=refresh)
+    get_run_logger().info(
+        "%s: kept %d of %d rows; dropped %s (%s)",
+        trip_file.month,
+        prepared.rows_kept,
+        prepared.rows_read,
+        prepared.dropped or "none",
+        f"prepared trips from the cache, key {key[:12]}" if hit else "prepared now, cached for later runs",
+    )
+    return prepared, hit
+
+
+@task(cache_policy=NO_CACHE)
+def find_identical_run(store: TrackingStore, model_name: str, key: str) -> dict | None:
+    """The summary of a committed version trained on exactly these inputs (before any data is prepared)."""
+    summary = store.find_trained(model_name, key)
+    if summary is not None:
+        get_run_logger().info(
+            "%s v%s was trained on identical inputs (MLflow run %s): returning it without training (retrain to train again)",
+            summary.get("model_name"),
+            summary.get("model_version"),
+            summary.get("run_id"),
+        )
+    return summary
 
 
 @task(cache_policy=NO_CACHE)
@@ -135,8 +187,8 @@ def log_model_run(store: TrackingStore, facts: TrainingFacts, model: DurationMod
 
 
 @task(cache_policy=NO_CACHE)
-def register_model_version(store: TrackingStore, facts: TrainingFacts, logged: tuple[str, str, str], model_name: str) -> RegisteredModel:
-    registered = store.register(facts, *logged, model_name)
+def register_model_version(store: TrackingStore, facts: TrainingFacts, logged: tuple[str, str, str], model_name: str, key: str) -> RegisteredModel:
+    registered = store.register(facts, *logged, model_name, training_key=key)
     get_run_logger().info("registered %s version %s (pending until the run commits)", registered.model_name, registered.model_version)
     return registered
 
@@ -209,27 +261,23 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
     exit_with_worker()
     plan = plan_training(request)
     months = (request.train_month, request.val_month)
-    directory = request.data_dir or str(settings.data_dir)
-    local_dir = directory if request.source in ("auto", "local") else None
     model_name = request.model_name or settings.model_name
-    store = TrackingStore(
-        settings.resolved_tracking_uri(),
-        request.experiment_name or settings.experiment_name,
-        local_artifact_root=settings.local_artifact_root(),
-        retry_budget_s=settings.tracking_retry_s,
-    )
+    store = tracking_store(settings, request.experiment_name)
     check_tracking_store(store, model_name)
-    source = month_source(request.source, settings, request.tlc_base_url, request.s3_block)
-    cache_dir = str(settings.cache_dir())
+    local_dir, source, cache_dir = month_inputs(request, settings)
     # For the report's RMSE by borough; fetched alongside the months, never failing the run.
     zones = get_zone_boroughs.submit(local_dir, source if isinstance(source, HttpSource) else None, cache_dir)
 
-    # Both months are fetched and prepared concurrently (I/O and decoding overlap).
+    # Both months are fetched concurrently; their digests identify the run before anything is prepared.
     files = [get_month.submit(request.taxi, month, source, local_dir, cache_dir) for month in months]
-    # Prefect resolves the futures passed as arguments; its `submit` overloads only accept the task's own types.
-    prepared_futures = [prepare_month.submit(f, plan.features, plan.month_window_days) for f in files]  # type: ignore[call-overload]
     train_file, val_file = (f.result() for f in files)
-    train_trips, val_trips = (p.result() for p in prepared_futures)
+    key = training_key(request.taxi, months, (train_file.sha256, val_file.sha256), plan.identity())
+    if not request.retrain and (previous := find_identical_run(store, model_name, key)) is not None:
+        return previous | {"cached": True, "seconds": {"flow": time.perf_counter() - started, "fit": 0.0}}
+    prepared_futures = [
+        prepare_month.submit(f, plan.features, plan.month_window_days, str(settings.prepared_dir()), request.refresh) for f in (train_file, val_file)
+    ]
+    (train_trips, train_hit), (val_trips, val_hit) = (p.result() for p in prepared_futures)
 
     vocabulary = fit_feature_vocabulary(plan, train_trips)
     train_matrix = build_features.submit(plan, train_trips, vocabulary, "train")
@@ -249,16 +297,19 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
     registry = ModelRegistry(store, model_name)
     registered, gate = None, None
     try:
-        registered = register_model_version(store, facts, logged, model_name)
+        registered = register_model_version(store, facts, logged, model_name, key)
         links = registry_links(store, registered)
-        with promotion_lock(settings.state_dir.resolve(), store.tracking_uri, model_name):
+        # In a backfill, gates take turns in month order (flows/gate_order.py); else at once.
+        with GATE_TURN.get() or contextlib.nullcontext(), promotion_lock(settings.state_dir.resolve(), store.tracking_uri, model_name):
             gate = evaluate_gate(
                 registry, registered, fitted, vocabulary, val_trips, facts, request.promote, request.promotion_margin, request.promotion_reason
             )
             plots = publish_evaluation_report(store, registered, evaluation.predictions, val_trips, gate, zones.result())
             publish_promotion_decision(gate, registered, facts.val.month)
             publish_report(facts, registered, gate, links, plots)
-            commit_with_decision(store, registry, registered, gate, facts.val.month)
+            summary = training_summary(facts, registered, redact_uri(store.tracking_uri), gate.decision)
+            # The summary is kept on the version: an identical rerun returns it (`find_identical_run`).
+            commit_with_decision(store, registry, registered, gate, facts.val.month, {SUMMARY_TAG: json.dumps(summary)})
     except BaseException:
         if registered is not None:
             abandon_version(store, registry, logged[1], registered, gate)
@@ -285,9 +336,12 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
         ),
         request.notify if request.notify is not None else settings.notify_targets.split(),
     )
-    summary = training_summary(facts, registered, redact_uri(store.tracking_uri), decision)
     # Where the time went (the fit task alone varies by seconds between identical runs).
-    return summary | {"seconds": {"flow": time.perf_counter() - started, "fit": fit_seconds}}
+    return summary | {
+        "cached": False,
+        "prepared_from_cache": {train_file.month: train_hit, val_file.month: val_hit},
+        "seconds": {"flow": time.perf_counter() - started, "fit": fit_seconds},
+    }
 
 
 # The parameters (and so Prefect's run form) are TrainRequest's fields, flat and typed.

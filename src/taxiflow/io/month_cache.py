@@ -150,7 +150,14 @@ class MonthCache:
     def get(self, source: MonthSource, taxi: str, month: str) -> TripFile | None:
         path = self._entry(source, taxi, month)
         with self._try_locked(path) as locked:
-            return self._read(path, locked=locked)
+            return self._used(self._read(path, locked=locked))
+
+    def _used(self, entry: TripFile | None) -> TripFile | None:
+        """Mark a run's use of the entry: least recently used entries are what `taxiflow cache prune` removes first."""
+        if entry is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self._sidecar(Path(entry.path)))
+        return entry
 
     @contextlib.contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
@@ -182,7 +189,7 @@ class MonthCache:
         """The cached entry, or fetch + verify (returns the row count, raises if unusable) + commit."""
         path = self._entry(source, taxi, month)
         with self._locked(path):
-            if not refresh and (hit := self._read(path, locked=True)) is not None:
+            if not refresh and (hit := self._used(self._read(path, locked=True))) is not None:
                 return hit
             fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
             os.close(fd)
@@ -208,6 +215,23 @@ class MonthCache:
                 return entry
             finally:
                 tmp.unlink(missing_ok=True)
+
+    def remove(self, entry: TripFile) -> int:
+        """Remove one entry under its lock (record first, so it never vouches for a missing file); the bytes freed."""
+        path = Path(entry.path)
+        with self._locked(path):
+            sidecar = self._sidecar(path)
+            freed = sum(p.stat().st_size for p in (path, sidecar) if p.exists())
+            sidecar.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+        return freed
+
+    def last_used(self, entry: TripFile) -> float:
+        """When the entry was last verified or used (epoch seconds)."""
+        try:
+            return self._sidecar(Path(entry.path)).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def entries(self) -> list[TripFile]:
         found = []

@@ -147,3 +147,22 @@ def plot_model_comparison(comparison: BandComparison, path: Path | str, *, title
     ax.set(xlabel="trip distance", ylabel="RMSE (min)", title=title)
     ax.legend()
     return _save(figure, path)
+
+
+def plot_rmse_over_months(points: Sequence[tuple[str, float, bool]], path: Path | str, *, title: str = "Validation RMSE over months") -> Path:
+    """(validation month, RMSE, promoted) per pair, in month order: a line, promoted pairs starred."""
+    if not points:
+        raise InvalidArgumentError("rmse over months: no pairs to plot; expected at least one with an RMSE")
+    labels = [p[0] for p in points]
+    rmse = [p[1] for p in points]
+    figure = _figure()
+    ax = figure.add_subplot()
+    ax.plot(labels, rmse, marker="o", color=_BAR_COLOR, label="validation RMSE")
+    promoted = [(label, value) for label, value, up in points if up]
+    if promoted:
+        ax.scatter([p[0] for p in promoted], [p[1] for p in promoted], marker="*", s=160, color="#d62728", zorder=3, label="became champion")
+    ax.set(xlabel="validation month", ylabel="RMSE (min)", title=title)
+    ax.legend()
+    if len(labels) > 7:
+        ax.tick_params(axis="x", labelrotation=30)
+    return _save(figure, path)

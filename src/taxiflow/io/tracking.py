@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import logging
 import os
 import random
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -55,6 +57,10 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 STATE_TAG = "taxiflow.state"
 PENDING, COMMITTED = "pending", "committed"
+# On a version: the identity of its inputs, and the summary `taxiflow train --json` printed (returned again by an identical rerun).
+TRAINING_KEY_TAG = "taxiflow.training_key"
+_FLUENT_API_LOCK = threading.Lock()
+SUMMARY_TAG = "taxiflow.summary"
 
 warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 warnings.filterwarnings("ignore", message=".*input example was not provided.*")
@@ -330,7 +336,13 @@ class TrackingStore:
         return experiment_id, run_id, model_uri
 
     def _log_model(self, run_id: str, bundle: Path) -> str:
-        mlflow.set_tracking_uri(self.tracking_uri)
+        # `log_model` exists only in MLflow's fluent API, whose tracking URI is process-global:
+        # concurrent runs in one process (a backfill's pairs) take turns here.
+        with _FLUENT_API_LOCK:
+            mlflow.set_tracking_uri(self.tracking_uri)
+            return self._log_model_fluently(run_id, bundle)
+
+    def _log_model_fluently(self, run_id: str, bundle: Path) -> str:
         with mlflow.start_run(run_id=run_id), _without_predict_type_hint_warning():
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -342,7 +354,9 @@ class TrackingStore:
             )
         return info.model_uri
 
-    def register(self, facts: TrainingFacts, experiment_id: str, run_id: str, model_uri: str, model_name: str) -> RegisteredModel:
+    def register(
+        self, facts: TrainingFacts, experiment_id: str, run_id: str, model_uri: str, model_name: str, *, training_key: str | None = None
+    ) -> RegisteredModel:
         """Register the logged model as a new version marked pending. Idempotent per run: a retry after a
         lost response finds the version it created instead of creating a second one."""
         tags = {
@@ -352,6 +366,8 @@ class TrackingStore:
             "val_month": facts.val.month,
             "rmse": f"{facts.rmse:.6f}",
         }
+        if training_key is not None:
+            tags[TRAINING_KEY_TAG] = training_key
 
         def attempt():
             existing = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
@@ -379,6 +395,19 @@ class TrackingStore:
             model_version=str(version.version),
             model_uri=f"models:/{model_name}/{version.version}",
         )
+
+    def find_trained(self, model_name: str, training_key: str) -> dict | None:
+        """The summary of the newest committed version trained on exactly these inputs (`core.identity.training_key`), or None."""
+
+        def search():
+            if not self.client.search_registered_models(f"name = '{model_name}'", max_results=1):
+                return []
+            return self.client.search_model_versions(f"name = '{model_name}' and tags.`{TRAINING_KEY_TAG}` = '{training_key}'")
+
+        for version in sorted(self._retry(search, "looking for an identical run"), key=lambda v: int(v.version), reverse=True):
+            if version.tags.get(STATE_TAG) == COMMITTED and (summary := version.tags.get(SUMMARY_TAG)):
+                return json.loads(summary)
+        return None
 
     def commit(self, registered: RegisteredModel) -> None:
         """Mark the version usable (the gate's alias moves, if any, follow under the same lock)."""

@@ -32,6 +32,13 @@ def local_month_file(taxi: str, month: str, data_dir: Path) -> TripFile | None:
     return TripFile(taxi, month, str(path), file_sha256(path), path.stat().st_size, rows, "local")
 
 
+def known_month_file(taxi: str, month: str, *, data_dir: Path | None, source: MonthSource | None, cache: MonthCache) -> TripFile | None:
+    """The month's file if it is here already (data dir, or verified in the cache); never downloads."""
+    if data_dir is not None and (local := local_month_file(taxi, month, data_dir)) is not None:
+        return local
+    return cache.get(source, taxi, month) if source is not None else None
+
+
 def get_month_file(
     taxi: str,
     month: str,
