@@ -18,6 +18,7 @@ from taxiflow.jobs.notify import add_notify_parser, run_notify_command
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from taxiflow.io.month_cache import MonthCache
     from taxiflow.platform.local_prefect import LocalServer
     from taxiflow.settings import TaxiflowSettings
 
@@ -78,6 +79,15 @@ def _build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--tlc-base-url", help="base URL of TLC-named files (default: the TLC's CDN)")
     fetch.add_argument("--s3-block", help="prefect-aws S3Bucket block for --source s3 (default taxi-data)")
     fetch.add_argument("--refresh", action="store_true", help="fetch again even if cached")
+    load_sql = data.add_parser(
+        "load-sql", help="load months into PostgreSQL (TAXIFLOW_POSTGRES_URL or the taxi-postgres Secret block), one transaction per month"
+    )
+    load_sql.add_argument("--taxi", choices=TAXI_TYPES, default="green")
+    load_sql.add_argument("--months", required=True, help="YYYY-MM, YYYY-MM..YYYY-MM or a comma list")
+    load_sql.add_argument("--source", choices=("auto", "local", "tlc", "s3"), default="auto", help="where the months come from (as for train)")
+    load_sql.add_argument("--data-dir", help="directory of TLC-named parquet files (default ./data, or TAXIFLOW_DATA_DIR)")
+    load_sql.add_argument("--tlc-base-url", help="base URL of TLC-named files (default: the TLC's CDN)")
+    load_sql.add_argument("--s3-block", help="prefect-aws S3Bucket block for --source s3 (default taxi-data)")
     listing = data.add_parser("ls", help="what the cache holds")
     listing.add_argument("--json", action="store_true")
     blocks = data.add_parser("s3-blocks", help="save the AwsCredentials (from AWS_* env) and S3Bucket blocks")
@@ -466,6 +476,8 @@ def _data(args: argparse.Namespace) -> int:
         print(f"saved blocks: aws-credentials/taxi-aws, s3-bucket/{args.block} (bucket {args.bucket})")
         return 0
 
+    if args.data_command == "load-sql":
+        return _load_sql(args, settings, cache)
     from taxiflow.flows.train import month_source
     from taxiflow.jobs.data import fetch_months
 
@@ -532,6 +544,30 @@ def _cache(args: argparse.Namespace) -> int:
     for item in removed:
         print(f"{verb} {item.kind} {item.taxi} {item.month} ({item.size_bytes / 1e6:.1f} MB)")
     print(f"{verb} {len(removed)} entries, {freed / 1e6:,.1f} MB")
+    return 0
+
+
+def _load_sql(args: argparse.Namespace, settings: TaxiflowSettings, cache: MonthCache) -> int:
+    from pathlib import Path
+
+    from taxiflow.flows.train import month_source
+    from taxiflow.io.trips_sql import postgres_url, trips_table
+    from taxiflow.jobs.data import load_months_into_sql
+
+    months = parse_month_range(args.months)
+    url = postgres_url(settings.postgres_url, settings.postgres_secret_block)
+    data_dir = Path(args.data_dir or settings.data_dir) if args.source in ("auto", "local") else None
+    source = None if args.source == "local" else month_source(args.source, settings, args.tlc_base_url, args.s3_block)
+    outcomes = load_months_into_sql(url, args.taxi, months, data_dir=data_dir, source=source, cache=cache)
+    for o in outcomes:
+        if o.load:
+            print(f"ok      {args.taxi} {o.month}: {o.load.rows:,} rows into {trips_table(args.taxi)} (load {o.load.load_id})")
+        else:
+            print(f"FAILED  {args.taxi} {o.month}: {o.error}")
+    failed = [o.month for o in outcomes if o.error]
+    if failed:
+        print(f"taxiflow: error: {len(failed)} of {len(outcomes)} month(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -23,6 +23,8 @@ class TaxiflowSettings(BaseSettings):
     download_retries: int = Field(4, ge=0, description="Retries after timeouts, resets, 5xx and truncated bodies")
     download_backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles per attempt, with jitter")
     s3_block: str = Field("taxi-data", description="prefect-aws S3Bucket block holding TLC-named months")
+    postgres_url: SecretStr | None = Field(None, description="postgresql:// URL of the trips database (--source postgres, data load-sql); else the block below")
+    postgres_secret_block: str = Field("taxi-postgres", description="Prefect Secret block holding the trips database URL when postgres_url is unset")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; else MLFLOW_TRACKING_URI; else SQLite")
     tracking_retry_s: float = Field(120.0, ge=0, description="How long registration retries a tracking store that is unreachable, restarting or busy")
     notify_targets: str = Field("", description="Notification targets, space-separated: webhook:<block> email:<block>:<to>[,<to>]")

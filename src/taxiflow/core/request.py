@@ -28,6 +28,7 @@ MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 MonthText = Annotated[str, Field(pattern=MONTH_PATTERN, description="YYYY-MM")]
 TaxiType = Literal["green", "yellow", "fhv", "fhvhv"]
 SourceChoice = Literal["auto", "local", "tlc", "s3"]
+TrainSourceChoice = Literal["auto", "local", "tlc", "s3", "postgres"]
 ModelChoice = Literal["xgboost", "linear"]
 FeatureChoice = Literal["pu_do", "pu", "do", "distance"]
 PromotePolicy = Literal["auto", "never", "force"]
@@ -44,8 +45,10 @@ class TrainRequest(BaseModel):
     train_month: MonthText = Field("2023-01", description="YYYY-MM: the month to train on")
     val_month: MonthText = Field("2023-02", description="YYYY-MM, after train_month: the month to validate on")
     data_dir: str | None = Field(None, description="directory of TLC-named parquet files (default: ./data, or TAXIFLOW_DATA_DIR)")
-    source: SourceChoice = Field(
-        "auto", description="auto: the data dir, else download from the TLC; local: data dir only; tlc / s3: always from there (cached)"
+    source: TrainSourceChoice = Field(
+        "auto",
+        description="auto: the data dir, else download from the TLC; local: data dir only; tlc / s3: always from there (cached); "
+        "postgres: months loaded with `taxiflow data load-sql`",
     )
     s3_block: str | None = Field(None, max_length=200, description="prefect-aws S3Bucket block for source s3 (default taxi-data)")
     tlc_base_url: str | None = Field(None, max_length=500, description="where months missing from the data dir are downloaded from ('' disables downloads)")

@@ -44,8 +44,8 @@ class TrainingFacts:
             "features": ",".join(self.features),
             "train_month": self.train.month,
             "val_month": self.val.month,
-            "train_file": self.train.file.rsplit("/", 1)[-1],
-            "val_file": self.val.file.rsplit("/", 1)[-1],
+            "train_file": _file_name(self.train.file),
+            "val_file": _file_name(self.val.file),
             "train_sha256": self.train.sha256,
             "val_sha256": self.val.sha256,
             "n_features": self.n_features,
@@ -71,6 +71,11 @@ class TrainingFacts:
         if self.best_iteration is not None:
             metrics["best_iteration"] = self.best_iteration
         return {k: float(v) for k, v in metrics.items()}
+
+
+def _file_name(file: str) -> str:
+    """A file's name (not where it was on this machine); a month from a database as its description says it."""
+    return file.rsplit("/", 1)[-1] if file.endswith(".parquet") else file
 
 
 @dataclass(frozen=True)

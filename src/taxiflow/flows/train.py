@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from taxiflow.core.errors import DataFileError
 from taxiflow.core.features import FeatureVocabulary, required_columns
 from taxiflow.core.identity import prepared_trips_key, training_key
 from taxiflow.core.messages import DriftEvent, LifecycleEvent
@@ -56,6 +57,7 @@ from taxiflow.jobs.notify import current_flow_run_url, notify_run_state, send_ev
 from taxiflow.settings import TaxiflowSettings, load_settings
 
 REPORT_KEY = "duration-model-report"
+SQL_IDENTITY_PREFIX = "postgres-load:"  # a month from PostgreSQL is identified by its load, as a file by its sha256
 QUALITY_KEY = "data-quality"
 
 
@@ -73,10 +75,36 @@ def month_source(kind: str, settings: TaxiflowSettings, tlc_base_url: str | None
 
 
 def month_inputs(request: TrainRequest, settings: TaxiflowSettings) -> tuple[str | None, MonthSource | None, str]:
-    """Where a request's months come from: (the data dir it reads in place, the download source, the cache dir)."""
+    """Where a request's months come from: (the data dir it reads in place, the download source, the cache dir).
+
+    Source postgres has neither: its months are read from the database (`get_month_from_sql`).
+    """
     directory = request.data_dir or str(settings.data_dir)
     local_dir = directory if request.source in ("auto", "local") else None
-    return local_dir, month_source(request.source, settings, request.tlc_base_url, request.s3_block), str(settings.cache_dir())
+    source = None if request.source == "postgres" else month_source(request.source, settings, request.tlc_base_url, request.s3_block)
+    return local_dir, source, str(settings.cache_dir())
+
+
+def _postgres_url(settings: TaxiflowSettings) -> str:
+    # From the environment or a Secret block, inside the task that needs it: never a parameter, never logged.
+    from taxiflow.io.trips_sql import postgres_url
+
+    return postgres_url(settings.postgres_url, settings.postgres_secret_block)
+
+
+@task(task_run_name="get-{taxi}-{month}-from-postgres", cache_policy=NO_CACHE)
+def get_month_from_sql(taxi: str, month: str, settings: TaxiflowSettings) -> TripFile:
+    """The month's load record: its load id is the month's identity (what caches key on), before any row is read."""
+    from taxiflow.io.trips_sql import loaded_month
+    from taxiflow.io.trips_sql import month_source as sql_month_name  # imported here: only PostgreSQL runs load the driver
+
+    url = _postgres_url(settings)
+    load = loaded_month(url, taxi, month)
+    trip_file = TripFile(
+        taxi, month, sql_month_name(url, taxi, month), f"{SQL_IDENTITY_PREFIX}{load.load_id}", 0, load.rows, "postgres", None, load.loaded_at.isoformat()
+    )
+    get_run_logger().info("%s %s: %s (%d rows, load %s of %s)", taxi, month, trip_file.path, load.rows, load.load_id, trip_file.fetched_at)
+    return trip_file
 
 
 def tracking_store(settings: TaxiflowSettings, experiment_name: str | None) -> TrackingStore:
@@ -105,7 +133,14 @@ def prepare_month(
     columns = [PICKUP_AT, DROPOFF_AT, *required_columns(features)]
 
     def prepare() -> PreparedTrips:
-        table = read_trip_table(trip_file.path, layout_for(trip_file.taxi), columns)
+        if trip_file.origin == "postgres":
+            from taxiflow.io.trips_sql import read_month
+
+            table, load = read_month(_postgres_url(load_settings()), trip_file.taxi, trip_file.month, columns)
+            if f"{SQL_IDENTITY_PREFIX}{load.load_id}" != trip_file.sha256:
+                raise DataFileError(f"{trip_file.path} was reloaded during this run (load {load.load_id}); expected the load it started with: run again")
+        else:
+            table = read_trip_table(trip_file.path, layout_for(trip_file.taxi), columns)
         return prepare_trips(table, source=trip_file.path, month=Month.parse(trip_file.month), month_window_days=month_window_days)
 
     key = prepared_trips_key(trip_file.taxi, trip_file.month, trip_file.sha256, columns, month_window_days)
@@ -266,10 +301,14 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
     check_tracking_store(store, model_name)
     local_dir, source, cache_dir = month_inputs(request, settings)
     # For the report's RMSE by borough; fetched alongside the months, never failing the run.
-    zones = get_zone_boroughs.submit(local_dir, source if isinstance(source, HttpSource) else None, cache_dir)
+    zones_dir = str(request.data_dir or settings.data_dir) if request.source == "postgres" else local_dir
+    zones = get_zone_boroughs.submit(zones_dir, source if isinstance(source, HttpSource) else None, cache_dir)
 
     # Both months are fetched concurrently; their digests identify the run before anything is prepared.
-    files = [get_month.submit(request.taxi, month, source, local_dir, cache_dir) for month in months]
+    if request.source == "postgres":
+        files = [get_month_from_sql.submit(request.taxi, month, settings) for month in months]
+    else:
+        files = [get_month.submit(request.taxi, month, source, local_dir, cache_dir) for month in months]
     train_file, val_file = (f.result() for f in files)
     key = training_key(request.taxi, months, (train_file.sha256, val_file.sha256), plan.identity())
     if not request.retrain and (previous := find_identical_run(store, model_name, key)) is not None:
