@@ -43,6 +43,9 @@ def test_months_loaded_into_postgres_train_to_the_same_rmse_as_their_files(run_t
     # A second run of the same loads is an identical rerun.
     again = run_taxiflow("train", *PAIR, "--source", "postgres", env=env)
     assert again.returncode == 0 and again.json()["cached"] is True and again.json()["model_version"] == "2"
+    # A backfill's plan knows the loaded months by their loads too.
+    plan = run_taxiflow("backfill", "--from", "2023-01", "--to", "2023-02", "--num-boost-round", "10", "--source", "postgres", "--dry-run", env=env)
+    assert "skip  2023-01->2023-02  up to date: v2 was trained on identical inputs" in plan.stdout, plan.stdout + plan.stderr[-2000:]
 
 
 def test_postgres_errors_are_one_clear_line_and_register_nothing(run_taxiflow, tlc_dir, trips_db, state_dir):

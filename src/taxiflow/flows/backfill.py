@@ -35,7 +35,7 @@ from taxiflow.core.identity import training_key
 from taxiflow.core.request import BackfillRequest, TrainRequest, flow_docstring, flow_signature, validated_request
 from taxiflow.core.training_plan import plan_training
 from taxiflow.flows.gate_order import GATE_TURN, PairOrder
-from taxiflow.flows.train import check_tracking_store, month_inputs, tracking_store, train
+from taxiflow.flows.train import check_tracking_store, month_inputs, sql_month_identity, tracking_store, train
 from taxiflow.io.month_cache import MonthCache
 from taxiflow.io.plots import plot_rmse_over_months
 from taxiflow.io.prefect_runs import last_run_states, pair_tag
@@ -61,12 +61,15 @@ def plan_backfill(request: BackfillRequest, settings: TaxiflowSettings, store: T
     local_dir, source, cache_dir = month_inputs(first, settings)
     cache = MonthCache(Path(cache_dir))
     months = sorted({m for p in pairs for m in (p.train_month, p.val_month)})
-    identities = {}
+    identities: dict[str, str | None] = {}
     for month in months:
         try:
+            if first.source == "postgres":
+                identities[month] = sql_month_identity(request.taxi, month, settings)
+                continue
             known = known_month_file(request.taxi, month, data_dir=Path(local_dir) if local_dir else None, source=source, cache=cache)
         except TaxiflowError:
-            known = None  # an unreadable file: its pairs run, and fail with its error where the UI shows them
+            known = None  # unreadable, or not loaded: its pairs run, and fail with its error where the UI shows them
         identities[month] = known.sha256 if known is not None else None
     plans, found = [], {}
     for pair in pairs:

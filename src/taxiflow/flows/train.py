@@ -92,6 +92,13 @@ def _postgres_url(settings: TaxiflowSettings) -> str:
     return postgres_url(settings.postgres_url, settings.postgres_secret_block)
 
 
+def sql_month_identity(taxi: str, month: str, settings: TaxiflowSettings) -> str:
+    """A loaded month's identity (its load), without reading its rows."""
+    from taxiflow.io.trips_sql import loaded_month
+
+    return f"{SQL_IDENTITY_PREFIX}{loaded_month(_postgres_url(settings), taxi, month).load_id}"
+
+
 @task(task_run_name="get-{taxi}-{month}-from-postgres", cache_policy=NO_CACHE)
 def get_month_from_sql(taxi: str, month: str, settings: TaxiflowSettings) -> TripFile:
     """The month's load record: its load id is the month's identity (what caches key on), before any row is read."""
