@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from taxiflow.core.backfill import (
     FAILED,
     SKIPPED,
+    TRAINED,
     UP_TO_DATE,
     BackfillFailedError,
     MonthPair,
@@ -120,7 +121,7 @@ def train_pair(request: TrainRequest, pair: MonthPair, k: int, order: PairOrder)
 
 @task(cache_policy=NO_CACHE)
 def publish_backfill(store: TrackingStore, request: BackfillRequest, outcomes: list[PairOutcome], champion: str | None) -> str | None:
-    """The table artifact, and an MLflow run with RMSE over the months (a metric per pair, and a plot)."""
+    """The table artifact, and an MLflow run with the table, the pair counts and a plot of RMSE over the months."""
     rows = [o.row() for o in outcomes]
     span = f"{request.taxi} {request.from_month}..{request.to_month}"
     create_table_artifact(key=TABLE_KEY, table=rows, description=f"Backfill {span} (mode {request.mode}): champion at the end v{champion or '-'}")
@@ -135,7 +136,7 @@ def publish_backfill(store: TrackingStore, request: BackfillRequest, outcomes: l
         run_name=f"backfill-{request.taxi}-{request.from_month}-{request.to_month}",
         tags={"taxiflow.kind": "backfill"},
         params={"taxi": request.taxi, "from_month": request.from_month, "to_month": request.to_month, "mode": request.mode},
-        metrics={"pairs_failed": sum(o.status == FAILED for o in outcomes), "pairs_trained": sum(o.status != FAILED and o.status != SKIPPED for o in outcomes)},
+        metrics={f"pairs_{status.replace(' ', '_')}": sum(o.status == status for o in outcomes) for status in (TRAINED, UP_TO_DATE, FAILED, SKIPPED)},
         texts={"backfill.md": markdown, "backfill.json": json.dumps(rows, indent=1)},
     )
     with tempfile.TemporaryDirectory(prefix="taxiflow-backfill-") as tmp:
