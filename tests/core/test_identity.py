@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taxiflow.core.identity import PREPARATION_MODULES, code_version, prepared_trips_key, training_key
+from taxiflow.core.identity import PREPARATION_MODULES, TRAINING_MODULES, code_version, prepared_trips_key, training_key
 
 OPTIONS = {"model": "xgboost", "features": ["pu_do", "distance"], "params": {"max_depth": 30}, "min_count": 1}
 
@@ -29,5 +29,6 @@ def test_the_training_key_changes_with_data_months_options_and_code():
     assert base != training_key("green", ("2023-01", "2023-02"), ("a", "b"), OPTIONS | {"params": {"max_depth": 29}})
 
 
-def test_the_code_version_digests_the_code_it_names():
-    assert code_version().startswith("0.") and code_version(PREPARATION_MODULES) != code_version()
+def test_the_code_version_digests_the_modules_it_names_and_they_exist():
+    assert code_version(PREPARATION_MODULES) != code_version(TRAINING_MODULES)
+    assert code_version(TRAINING_MODULES) == code_version(tuple(TRAINING_MODULES))

@@ -16,6 +16,9 @@ import taxiflow
 _CORE_DIR = Path(__file__).parent
 # What decides a month's prepared trips: the schema, the row contracts and the preparation itself.
 PREPARATION_MODULES = ("schema.py", "contracts.py", "preparation.py", "months.py")
+# What decides a fitted model and its metrics, besides the data and the request: preparation, features,
+# fitting, evaluation. Not the report, messages or request parsing: editing those retrains nothing.
+TRAINING_MODULES = (*PREPARATION_MODULES, "feature_names.py", "features.py", "training.py", "training_plan.py", "xgboost_params.py", "metrics.py")
 
 
 def digest(description: object) -> str:
@@ -24,13 +27,13 @@ def digest(description: object) -> str:
 
 
 @cache
-def code_version(modules: tuple[str, ...] | None = None) -> str:
-    """taxiflow's version plus a digest of its pure code (`core/`, or the named modules of it).
+def code_version(modules: tuple[str, ...]) -> str:
+    """taxiflow's version plus a digest of the named modules of `core/`.
 
     A version number alone would keep serving results of edited code between releases; the digest
     changes with any edit of the code that computes them.
     """
-    files = sorted(_CORE_DIR.glob("*.py")) if modules is None else [_CORE_DIR / name for name in modules]
+    files = [_CORE_DIR / name for name in modules]
     h = hashlib.sha256()
     for path in files:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -56,7 +59,7 @@ def prepared_trips_key(taxi: str, month: str, data_identity: str, columns: list[
 
 
 def training_key(taxi: str, months: tuple[str, str], data_identities: tuple[str, str], options: dict[str, object]) -> str:
-    """The identity of a training run's inputs: data digests, trip type, months, features and parameters, code version.
+    """The identity of a training run's inputs: data digests, trip type, months, features and parameters, code version (`TRAINING_MODULES`).
 
     Two runs with the same key fit the same model: the second can return the first's.
     """
@@ -67,6 +70,6 @@ def training_key(taxi: str, months: tuple[str, str], data_identities: tuple[str,
             "months": list(months),
             "data": list(data_identities),
             "options": options,
-            "code": code_version(),
+            "code": code_version(TRAINING_MODULES),
         }
     )

@@ -37,6 +37,7 @@ from taxiflow.core.request import BackfillRequest, TrainRequest, flow_docstring,
 from taxiflow.core.training_plan import plan_training
 from taxiflow.flows.gate_order import GATE_TURN, PairOrder
 from taxiflow.flows.train import check_tracking_store, month_inputs, sql_month_identity, tracking_store, train
+from taxiflow.io.memory import release_free_memory
 from taxiflow.io.month_cache import MonthCache
 from taxiflow.io.plots import plot_rmse_over_months
 from taxiflow.io.prefect_runs import last_run_states, pair_tag
@@ -117,6 +118,7 @@ def train_pair(request: TrainRequest, pair: MonthPair, k: int, order: PairOrder)
         finally:
             GATE_TURN.reset(token)
             order.end(k)
+            release_free_memory()  # the pair's months, matrices and model are garbage now: keep memory flat over pairs
 
 
 @task(cache_policy=NO_CACHE)

@@ -59,8 +59,8 @@ STATE_TAG = "taxiflow.state"
 PENDING, COMMITTED = "pending", "committed"
 # On a version: the identity of its inputs, and the summary `taxiflow train --json` printed (returned again by an identical rerun).
 TRAINING_KEY_TAG = "taxiflow.training_key"
-_FLUENT_API_LOCK = threading.Lock()
 SUMMARY_TAG = "taxiflow.summary"
+_FLUENT_API_LOCK = threading.Lock()
 
 warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 warnings.filterwarnings("ignore", message=".*input example was not provided.*")
