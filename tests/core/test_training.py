@@ -229,7 +229,7 @@ def _canonical_tree(dump: str, numeric_columns: set[int]) -> tuple:
 
 @pytest.mark.parametrize(
     ("months", "features", "rounds"),
-    [(("2023-01", "2023-02"), ("pu_do", "distance"), 25), (("2021-01", "2021-02"), ("pu_do", "distance"), 10), (("2023-01", "2023-02"), ("pu", "do"), 25)],
+    [(("2023-01", "2023-02"), ("pu_do", "distance"), 12), (("2021-01", "2021-02"), ("pu_do", "distance"), 6), (("2023-01", "2023-02"), ("pu", "do"), 12)],
 )
 def test_trees_grown_on_zone_codes_are_the_one_hot_trees(green_prepared, months, features, rounds):
     """XGBoost on one column of zone codes (one-vs-rest splits) grows the one-hot model: same trees, bit-identical predictions.
