@@ -486,14 +486,17 @@ def _data(args: argparse.Namespace) -> int:
     if source is None:
         raise InvalidArgumentError("no download source: --tlc-base-url is empty")
     outcomes = fetch_months(args.taxi, months, source, cache, refresh=args.refresh)
-    for o in outcomes:
-        if o.file:
-            print(f"ok      {args.taxi} {o.month}: {o.file.num_rows:,} rows, sha256 {o.file.sha256[:16]}, {o.file.path}")
-        else:
-            print(f"FAILED  {args.taxi} {o.month}: {o.error}")
-    failed = [o.month for o in outcomes if o.error]
+    done = {o.month: f"{o.file.num_rows:,} rows, sha256 {o.file.sha256[:16]}, {o.file.path}" for o in outcomes if o.file}
+    return _report_months(args.taxi, [(o.month, done.get(o.month), o.error) for o in outcomes])
+
+
+def _report_months(taxi: str, results: list[tuple[str, str | None, str | None]]) -> int:
+    """One line per month (month, what was done, or why it failed); exit 1 naming the months that failed."""
+    for month, done, error in results:
+        print(f"ok      {taxi} {month}: {done}" if error is None else f"FAILED  {taxi} {month}: {error}")
+    failed = [month for month, _, error in results if error is not None]
     if failed:
-        print(f"taxiflow: error: {len(failed)} of {len(outcomes)} month(s) failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"taxiflow: error: {len(failed)} of {len(results)} month(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
@@ -559,16 +562,8 @@ def _load_sql(args: argparse.Namespace, settings: TaxiflowSettings, cache: Month
     data_dir = Path(args.data_dir or settings.data_dir) if args.source in ("auto", "local") else None
     source = None if args.source == "local" else month_source(args.source, settings, args.tlc_base_url, args.s3_block)
     outcomes = load_months_into_sql(url, args.taxi, months, data_dir=data_dir, source=source, cache=cache)
-    for o in outcomes:
-        if o.load:
-            print(f"ok      {args.taxi} {o.month}: {o.load.rows:,} rows into {trips_table(args.taxi)} (load {o.load.load_id})")
-        else:
-            print(f"FAILED  {args.taxi} {o.month}: {o.error}")
-    failed = [o.month for o in outcomes if o.error]
-    if failed:
-        print(f"taxiflow: error: {len(failed)} of {len(outcomes)} month(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    done = {o.month: f"{o.load.rows:,} rows into {trips_table(args.taxi)} (load {o.load.load_id})" for o in outcomes if o.load}
+    return _report_months(args.taxi, [(o.month, done.get(o.month), o.error) for o in outcomes])
 
 
 def _describe(summary: dict) -> str:

@@ -15,7 +15,6 @@ never used.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 from taxiflow.core.preparation import PreparedTrips
 from taxiflow.io.failpoints import failpoint
 from taxiflow.io.file_lock import exclusive_file_lock
+from taxiflow.io.month_cache import file_sha256
 
 log = logging.getLogger("taxiflow.cache")
 
@@ -49,11 +49,6 @@ class PreparedEntry:
     size_bytes: int
     created_at: str
     path: str
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class PreparedTripsCache:
@@ -112,7 +107,7 @@ class PreparedTripsCache:
             return "its parquet file is missing"
         if size != entry.size_bytes:
             return f"size {size:,} bytes does not match its record ({entry.size_bytes:,})"
-        if (found := _file_sha256(file_path)) != entry.sha256:
+        if (found := file_sha256(file_path)) != entry.sha256:
             return f"sha256 {found[:16]}… does not match its record ({entry.sha256[:16]}…)"
         try:
             rows = pq.read_metadata(file_path).num_rows
@@ -145,7 +140,7 @@ class PreparedTripsCache:
                 "rows_read": prepared.rows_read,
                 "rows_kept": prepared.rows_kept,
                 "dropped": prepared.dropped,
-                "sha256": _file_sha256(tmp),
+                "sha256": file_sha256(tmp),
                 "size_bytes": tmp.stat().st_size,
                 "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
