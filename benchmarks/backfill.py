@@ -71,7 +71,7 @@ PICKUP, DROPOFF = "lpep_pickup_datetime", "lpep_dropoff_datetime"
 RECIPE = "every row of the source month; pickup offset_by whole months, dropoff = new pickup + original duration; v1"
 MARKER = b"taxiflow.benchmark.backfill"  # the recipe, in each written file's schema metadata
 MONTHS, GROWTH_MONTHS = 12, (3, 6, 12)
-QUICK_MONTHS, QUICK_GROWTH_MONTHS = 4, (2, 4)
+QUICK_MONTHS, QUICK_GROWTH_MONTHS = 3, (2, 3)  # the smoke test's: the fewest runs that exercise every scenario
 # The verdicts' thresholds (printed with them).
 LINEAR_TOLERANCE = 0.10  # every growth point within 10% of the least-squares line through them
 FLAT_TOLERANCE = 1.25  # largest peak RSS at most 1.25x the smallest

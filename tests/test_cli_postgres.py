@@ -40,10 +40,7 @@ def test_months_loaded_into_postgres_train_to_the_same_rmse_as_their_files(run_t
     for output in (loaded.stdout, loaded.stderr, from_sql.stdout, from_sql.stderr):
         assert trips_db.password not in output
 
-    # A second run of the same loads is an identical rerun.
-    again = run_taxiflow("train", *PAIR, "--source", "postgres", env=env)
-    assert again.returncode == 0 and again.json()["cached"] is True and again.json()["model_version"] == "2"
-    # A backfill's plan knows the loaded months by their loads too.
+    # The same loads are the same inputs: a backfill's plan finds the version just trained.
     plan = run_taxiflow("backfill", "--from", "2023-01", "--to", "2023-02", "--num-boost-round", "10", "--source", "postgres", "--dry-run", env=env)
     assert "skip  2023-01->2023-02  up to date: v2 was trained on identical inputs" in plan.stdout, plan.stdout + plan.stderr[-2000:]
 

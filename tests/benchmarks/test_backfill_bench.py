@@ -51,19 +51,19 @@ def test_quick_backfill_benchmark_measures_cold_warm_up_to_date_and_growth(tmp_p
     assert set(scenarios) == {"cold", "warm", "up_to_date"}
     for name, status in {"cold": "trained", "warm": "trained", "up_to_date": "up to date"}.items():
         run = scenarios[name]
-        assert (run["months"], run["pairs"], run["statuses"]) == (4, 3, {status: 3}), name
+        assert (run["months"], run["pairs"], run["statuses"]) == (3, 2, {status: 2}), name
         assert run["wall_s"] > 0 and run["cpu_s"] > 0 and run["peak_rss_mb"] > 0, name
-        assert run["s_per_pair"] == pytest.approx(run["wall_s"] / 3, rel=1e-12)
+        assert run["s_per_pair"] == pytest.approx(run["wall_s"] / 2, rel=1e-12)
     cold, warm, fresh = scenarios["cold"], scenarios["warm"], scenarios["up_to_date"]
-    # Cold prepares each of the 4 months once (its second use comes from the cache); warm prepares none.
-    assert (cold["months_prepared_now"], cold["months_from_cache"]) == (4, 2)
-    assert (warm["months_prepared_now"], warm["months_from_cache"]) == (0, 6)
+    # Cold prepares each of the 3 months once (the middle one's second use comes from the cache); warm prepares none.
+    assert (cold["months_prepared_now"], cold["months_from_cache"]) == (3, 1)
+    assert (warm["months_prepared_now"], warm["months_from_cache"]) == (0, 4)
     assert (fresh["months_prepared_now"], fresh["months_from_cache"]) == (0, 0)
-    assert cold["prepared_cache_entries"] == warm["prepared_cache_entries"] == 4
+    assert cold["prepared_cache_entries"] == warm["prepared_cache_entries"] == 3
     # Warm trained new versions; up to date returned them, training nothing.
     assert set(warm["versions"].values()).isdisjoint(cold["versions"].values())
     assert fresh["versions"] == warm["versions"] and fresh["prefect"]["child_count"] == 0
-    assert cold["prefect"]["child_count"] == warm["prefect"]["child_count"] == 3
+    assert cold["prefect"]["child_count"] == warm["prefect"]["child_count"] == 2
 
     assert results["growth"] == ["growth_2", "cold"]
     growth = results["growth_runs"]["growth_2"]
