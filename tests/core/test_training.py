@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import re
 
 import numpy as np
@@ -281,3 +282,24 @@ def test_zone_codes_only_where_they_are_exact(green_prepared):
     trips = dataclasses.replace(green_prepared("2023-01"), frame=with_null)
     vocabulary = fit_vocabulary(frame, ("pu_do", "distance"), min_count=2)
     assert isinstance(fit_matrix(plan(), trips, vocabulary), FeatureMatrix)
+
+
+def test_a_capped_histogram_cache_grows_the_same_model(green_prepared, monkeypatch):
+    """HIST_CACHE_NODES only bounds memory: the saved model is byte for byte the one XGBoost's default cache grows."""
+    from taxiflow.core import training
+    from taxiflow.core.request import TrainRequest
+    from taxiflow.core.training_plan import fit_duration_model, fit_matrix, fit_plan_vocabulary, plan_training
+
+    train, val = green_prepared("2023-01"), green_prepared("2023-02")
+    plan = plan_training(TrainRequest(train_month="2023-01", val_month="2023-02", num_boost_round=15))
+    vocabulary = fit_plan_vocabulary(plan, train)
+    matrices = (fit_matrix(plan, train, vocabulary), fit_matrix(plan, val, vocabulary))
+    capped = fit_duration_model(plan, *matrices)
+    monkeypatch.setattr(training, "HIST_CACHE_NODES", 65536)  # XGBoost's default
+    default = fit_duration_model(plan, *matrices)
+    assert training.HIST_CACHE_NODES != 1024 and capped.booster.num_boosted_rounds() == 15
+    model = capped.booster.save_raw("json")
+    assert model == default.booster.save_raw("json")
+    # The cap is exercised: these trees have thousands of nodes (~4,400 here), far more than it keeps.
+    trees = json.loads(model)["learner"]["gradient_booster"]["model"]["trees"]
+    assert min(len(tree["left_children"]) for tree in trees) > 2 * 1024
