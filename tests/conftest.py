@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from taxiflow.platform.warm_runner import stop_warm_runners
 from tests.support.servers import VENV_BIN, base_env, prefect_server
+
+# Flows run in this process (not through the command) must not start a warm runner either.
+os.environ.setdefault("TAXIFLOW_WARM_RUNNER_IDLE_S", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TAXIFLOW_TEST_DATA", REPO.parent / "shared" / "data" / "nyc-tlc")).resolve()
@@ -34,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def no_local_prefect_server_outlives_the_tests(tmp_path_factory):
-    """A test that lets `taxiflow train` start the local Prefect server must stop it: one left running is an error (and is stopped)."""
+    """A test that lets `taxiflow train` start the local Prefect server or a warm runner must stop it: one left running is an error (and is stopped)."""
     yield
     base = str(tmp_path_factory.getbasetemp())
     left = []
@@ -46,9 +50,14 @@ def no_local_prefect_server_outlives_the_tests(tmp_path_factory):
         args = [a.decode(errors="replace") for a in argv]
         if "taxiflow.platform.idle_server" in args and any(a.startswith(base) for a in args):
             left.append(Path(args[args.index("--dir") + 1]))
+        if "taxiflow.platform.warm_runner" in args and any(a.startswith(base) for a in args):
+            left.append(Path(args[args.index("--dir") + 1]))
     for directory in left:
-        stop_local_prefect(directory.parent)  # <state>/local-prefect
-    assert not left, f"local Prefect servers left running by tests (now stopped): {left}"
+        if directory.name == "local-prefect":
+            stop_local_prefect(directory.parent)  # <state>/local-prefect
+        else:
+            stop_warm_runners(directory)
+    assert not left, f"local Prefect servers or warm runners left running by tests (now stopped): {left}"
 
 
 @pytest.fixture(scope="session")

@@ -32,10 +32,12 @@ _DEFAULT_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 _FLOW_STARTED = False  # an error after this came from inside a flow run: its traceback is in Prefect's logs
+IN_WARM_RUNNER = False  # this process is a warm runner's child (platform/warm_runner.py): the imports were done before
 
 # Options spelled differently from their request field (kept from earlier releases).
 TRAIN_OPTION_NAMES = {"experiment_name": "--experiment", "promotion_reason": "--reason", "collapse_duplicates": "--no-collapse-duplicates"}
 SCORE_OPTION_NAMES = {"experiment_name": "--experiment"}
+WARM_COMMANDS = frozenset({"train", "score", "backfill"})  # the commands that import the flows (platform/warm_runner.py)
 BACKFILL_OPTION_NAMES = {"from_month": "--from", "to_month": "--to", "experiment_name": "--experiment", "collapse_duplicates": "--no-collapse-duplicates"}
 
 
@@ -215,6 +217,23 @@ def _connect_prefect() -> LocalServer | None:
     The local server is started (when none runs) without waiting: it comes up while the flow's code
     imports; the caller waits for it (`wait_ready`) just before the flow starts.
     """
+    server = _choose_prefect_server()
+    _use_warm_prefect()
+    return server
+
+
+def _use_warm_prefect() -> None:
+    """Prefect imported before this run chose its server (a warm runner's child): rebuild its settings and logging from this environment."""
+    if "prefect.context" not in sys.modules:
+        return  # imported after this, by the flow's module: it reads the environment then
+    import prefect.context
+    import prefect.logging.configuration
+
+    prefect.context.refresh_global_settings_context()
+    prefect.logging.configuration.setup_logging(incremental=False)
+
+
+def _choose_prefect_server() -> LocalServer | None:
     if "PREFECT_API_URL" in os.environ:
         return None
     from taxiflow.settings import load_settings
@@ -307,12 +326,30 @@ def _run_flow(module: str, name: str, request: BaseModel) -> dict:
     import importlib
 
     local_server = _connect_prefect()
+    if not IN_WARM_RUNNER:
+        _start_warm_runner()
     flow = getattr(importlib.import_module(module), name)  # imported once the server is chosen: Prefect reads it at import
     if local_server is not None:
         local_server.wait_ready()
     global _FLOW_STARTED
     _FLOW_STARTED = True
     return flow(**request.model_dump(exclude_unset=True))
+
+
+def _start_warm_runner() -> None:
+    """Later runs skip this run's imports: start a warm runner for them (none runs for this code and environment)."""
+    from taxiflow.platform.warm_runner import ensure_warm_runner, runner_dir, runner_key
+    from taxiflow.settings import load_settings
+
+    settings = load_settings()
+    if settings.warm_runner_idle_s <= 0:
+        return
+    if ensure_warm_runner(runner_dir(settings), runner_key(), settings.warm_runner_idle_s) is not None:
+        print(
+            f"taxiflow: starting a warm runner: later train/score/backfill runs skip ~3 s of imports "
+            f"(stops after {settings.warm_runner_idle_s:.0f} s without runs, or with `taxiflow stack down`)",
+            file=sys.stderr,
+        )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -585,9 +622,13 @@ def _describe(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def apply_default_env() -> None:
     for key, value in _DEFAULT_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_default_env()
     # Retry notices from the download sources go to stderr; Prefect's own logging stays as Prefect sets it.
     import logging
 
@@ -643,6 +684,12 @@ def _skip_interpreter_teardown(exit_code: list[int]) -> None:
     Once output and Prefect's log and event queues are flushed, nothing is left to do but free every
     module, which takes ~1 s with Prefect, MLflow and XGBoost loaded: exit without it.
     """
+    flush_run_output()
+    os._exit(exit_code[0] if exit_code else 1)
+
+
+def flush_run_output() -> None:
+    """Prefect's queued logs and events reach the API, and our output the terminal."""
     if "prefect" in sys.modules:
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
@@ -651,13 +698,32 @@ def _skip_interpreter_teardown(exit_code: list[int]) -> None:
             worker.drain_all(timeout=10)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(exit_code[0] if exit_code else 1)
+
+
+def _run_in_warm_runner(argv: list[str]) -> int | None:
+    """A flow command, handed to the warm runner for this code and environment if one runs: its exit code, else None."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command is None or command not in WARM_COMMANDS or "-h" in argv or "--help" in argv:
+        return None
+    from taxiflow.platform.warm_runner import run_in_warm_runner, runner_dir, runner_key
+    from taxiflow.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except InvalidArgumentError:
+        return None  # `main` reports it
+    if settings.warm_runner_idle_s <= 0:
+        return None
+    return run_in_warm_runner(argv, runner_dir(settings), runner_key())
 
 
 def entry() -> None:
-    """The console script: `main`, then a fast exit."""
+    """The console script: `main` (in the warm runner, if one runs), then a fast exit."""
     import atexit
 
+    if (code := _run_in_warm_runner(sys.argv[1:])) is not None:
+        sys.stdout.flush()
+        os._exit(code)
     exit_code: list[int] = []
     atexit.register(_skip_interpreter_teardown, exit_code)  # registered first, so it runs last
     try:

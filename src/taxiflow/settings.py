@@ -33,6 +33,10 @@ class TaxiflowSettings(BaseSettings):
         ge=0,
         description="Without PREFECT_API_URL or the stack: keep a local Prefect server this long after the last run (0: a temporary server per run)",
     )
+    warm_runner_idle_s: float = Field(
+        900.0, ge=0, description="Keep a warm runner (imports done) this long after the last train/score/backfill run (0: none; each run imports)"
+    )
+    warm_runner_dir: Path | None = Field(None, description="Where warm runners keep their sockets and records (default: <state_dir>/warm-runner)")
     experiment_name: str = "nyc-taxi-experiment"
     model_name: str = "nyc-taxi-duration"
 

@@ -61,6 +61,8 @@ def running_process(cmd: list[str], health_url: str, log: Path, env: dict[str, s
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TAXIFLOW_"))}
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+    # No warm runner (platform/warm_runner.py) unless a test asks for one: each test's command runs as itself.
+    env.update(TAXIFLOW_WARM_RUNNER_IDLE_S="0")
     env.update(extra)
     return env
 

@@ -344,9 +344,13 @@ def _write_env_file(root: Path, state: StackState) -> Path:
 def stack_down(settings: TaxiflowSettings, *, say=print) -> list[str]:
     """Stop the stack's services, and the local Prefect server runs keep warm when there is no stack."""
     from taxiflow.platform.local_prefect import stop_local_server
+    from taxiflow.platform.warm_runner import runner_dir, stop_warm_runners
 
     state = StackState.load(settings.stack_dir() / "stack.json")
     stopped = []
+    for runner_pid in stop_warm_runners(runner_dir(settings)):
+        stopped.append("warm-runner")
+        say(f"  warm runner stopped (pid {runner_pid})")
     if (pid := stop_local_server(settings)) is not None:
         stopped.append("local-prefect")
         say(f"  local Prefect server stopped (pid {pid})")
@@ -360,7 +364,7 @@ def stack_down(settings: TaxiflowSettings, *, say=print) -> list[str]:
         del state.services[name]
         state.save()
     if not stopped:
-        say("Nothing to stop: the stack is not running (nor a local Prefect server).")
+        say("Nothing to stop: the stack is not running (nor a local Prefect server or a warm runner).")
     state.path.unlink(missing_ok=True)
     return stopped
 
@@ -377,9 +381,14 @@ def stack_checks(settings: TaxiflowSettings) -> list[Check]:
     import httpx
 
     from taxiflow.platform.local_prefect import local_server_status
+    from taxiflow.platform.warm_runner import runner_dir, warm_runners
 
     state = StackState.load(settings.stack_dir() / "stack.json")
     checks: list[Check] = []
+    for runner in warm_runners(runner_dir(settings)):
+        ready = "ready" if runner.ready else "importing"
+        detail = f"pid {runner.pid}, {ready}; {runner.runs} run(s) now; stops after {runner.idle_s:.0f} s without runs; log: {runner.log}"
+        checks.append(Check("warm runner", True, detail))
     if (local := local_server_status(settings)) is not None:
         detail = f"{local.api_url.removesuffix('/api')} (pid {local.pid}; {local.runs} run(s) using it; stops after {local.idle_s:.0f} s without runs)"
         checks.append(Check("local prefect", local.healthy, detail if local.healthy else f"DOWN: {detail}; log: {local.log}"))
