@@ -95,9 +95,9 @@ def _targets(pair: dict) -> list[tuple[str, str]]:
 
 
 FIXED_COST_ROWS = (
-    ("stack", "stack up: `PREFECT_API_URL` -> a running Prefect server"),
-    ("local", "no stack, local server warm (a machine's second and later runs)"),
-    ("local_first", "no stack, first run: new PREFECT_HOME, starts the local server (database migrated), new MLflow store"),
+    ("stack", "stack up: `PREFECT_API_URL` -> a running Prefect server; warm runner"),
+    ("local", "no stack, local server and warm runner up (a machine's second and later runs)"),
+    ("local_first", "no stack, first run: new PREFECT_HOME, starts the local server (database migrated) and the warm runner, new MLflow store"),
     ("temp", "old mode (`TAXIFLOW_LOCAL_PREFECT_IDLE_S=0`): temporary server in the run, PREFECT_HOME migrated before"),
     ("temp_first", "old mode, first run: new PREFECT_HOME (migrated in the run), new MLflow store"),
 )
@@ -147,6 +147,12 @@ def _end_to_end_table(pairs: dict) -> list[str]:
             lambda n, e: (
                 f"{_mb(e['course_peak_rss_mb'])} / {_mb(e['taxiflow_peak_rss_mb'])} (**{e['taxiflow_over_course_peak_rss']:.2f}**)"
                 + (" (target <= 0.5)" if n == "nonrep" else "")
+            ),
+        ),
+        (
+            "Warm runner between runs, separately (MB): peak so far / now",
+            lambda n, e: (
+                f"{_mb(e['warm_runner_peak_rss_mb'])} / {_mb(e['warm_runner_rss_mb'])}" if e.get("warm_runner_peak_rss_mb") is not None else "not running"
             ),
         ),
         (

@@ -16,6 +16,7 @@ or not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -87,7 +88,39 @@ class LocalPrefect:
     shutdown: dict | None = None  # set by `local_prefect` on exit: what `stack down` said and stopped
 
     def env(self) -> dict[str, str]:
-        return {"TAXIFLOW_STATE_DIR": str(self.state_dir), "PREFECT_HOME": str(self.prefect_home), "TAXIFLOW_LOCAL_PREFECT_IDLE_S": str(LOCAL_IDLE_S)}
+        return {
+            "TAXIFLOW_STATE_DIR": str(self.state_dir),
+            "PREFECT_HOME": str(self.prefect_home),
+            "TAXIFLOW_LOCAL_PREFECT_IDLE_S": str(LOCAL_IDLE_S),
+            **self.runner_env(),
+        }
+
+    def runner_env(self) -> dict[str, str]:
+        """The warm runner the first run starts and later runs (stack up or not) use; stopped with the local server."""
+        return {"TAXIFLOW_WARM_RUNNER_DIR": str(self.state_dir / "warm-runner"), "TAXIFLOW_WARM_RUNNER_IDLE_S": str(LOCAL_IDLE_S)}
+
+    def runner_runs(self) -> set[str]:
+        """The warm runner's one line per run it ran (pid, command, exit, peak RSS), from its log."""
+        lines: set[str] = set()
+        for log in (self.state_dir / "warm-runner").glob("*.log"):
+            lines |= {line for line in log.read_text(errors="replace").splitlines() if ": run pid " in line}
+        return lines
+
+    def runner_service(self) -> dict | None:
+        """The live warm runner's record, None if none runs."""
+        for record in sorted((self.state_dir / "warm-runner").glob("*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                service = json.loads(record.read_text())
+                if Path(f"/proc/{service['pid']}").exists():
+                    return service
+        return None
+
+    def wait_runner_ready(self, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not list((self.state_dir / "warm-runner").glob("*.sock")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no warm runner listening in {self.state_dir / 'warm-runner'} after {timeout_s:.0f} s")
+            time.sleep(0.2)
 
     def service(self) -> dict | None:
         """The running local server's record (server.json's `service`), None if none runs."""
@@ -98,12 +131,12 @@ class LocalPrefect:
         return service if Path(f"/proc/{service['pid']}").exists() else None
 
     def cpu_s(self) -> float:
-        service = self.service()
-        return session_cpu_s(service["sid"]) if service else 0.0
+        """The local server's CPU so far, and the warm runner's (runs it forks are its children: their CPU is theirs, not other work)."""
+        return sum(session_cpu_s(service["sid"]) for service in (self.service(), self.runner_service()) if service)
 
-    def memory(self) -> dict | None:
-        """Its processes (supervisor, `prefect server start`, ...) now: each one's RSS and peak RSS, and their sums."""
-        service = self.service()
+    def memory(self, service: dict | None = None) -> dict | None:
+        """Its processes (supervisor, `prefect server start`, ...) now: each one's RSS and peak RSS, and their sums (`service`: another's)."""
+        service = service or self.service()
         if service is None:
             return None
         processes = session_memory(service["sid"])
@@ -198,7 +231,8 @@ class Bench:
         env = self._env(work, server=mode == "stack")
         server_cpu: Callable[[], float] | None = None
         if mode == "stack":
-            server_cpu = self.stack.cpu_s
+            env |= self.local.runner_env()
+            server_cpu = lambda: self.stack.cpu_s() + self.local.cpu_s()  # noqa: E731
         elif mode in ("local_first", "local"):
             env |= self.local.env()
             server_cpu = self.local.cpu_s
@@ -213,14 +247,29 @@ class Bench:
                 subprocess.run(cmd, env=env | {"TAXIFLOW_STATE_DIR": str(warm_up / "state")}, cwd=warm_up, check=True, capture_output=True)
         if not mode.endswith("_first"):
             env["MLFLOW_TRACKING_URI"] = self._store(work / "mlflow")
+        runs_before = self.local.runner_runs()
         measured = run_measured(cmd, env=env, cwd=work, server_cpu=server_cpu)
         started = "starting a local Prefect server" in measured.stderr
         if started != (mode == "local_first"):
             raise RuntimeError(f"{mode} run {'started' if started else 'did not start'} the local Prefect server; see {work}/child.stderr")
+        # The first run starts the warm runner; every later `stack` and `local` run must go through it (the old mode never).
+        started_runner = "starting a warm runner" in measured.stderr
+        in_runner = sorted(self.local.runner_runs() - runs_before)
+        if started_runner != (mode == "local_first") or len(in_runner) != (mode in ("stack", "local")):
+            raise RuntimeError(f"{mode} run: started a warm runner {started_runner}, ran in one {in_runner}; see {work}/child.stderr")
+        if mode == "local_first":
+            self.local.wait_runner_ready()
         summary = json.loads(measured.stdout.strip().splitlines()[-1])
         facts = {k: summary[k] for k in ("rmse", "rows_train", "rows_val", "n_features", "model_version")}
         flow_s = summary["seconds"]["flow"]
-        return _record(measured) | {"facts": facts | {"flow_s": flow_s, "fixed_s": measured.wall_s - flow_s, "started_local_server": started}}
+        record = _record(measured)
+        if in_runner:
+            # The run is the runner's forked child, not this command's process: its peak RSS (which includes
+            # everything it inherited from the runner) is the one the runner logged; the caller's own is tiny.
+            record |= {"peak_rss_mb": float(in_runner[0].rsplit("peak RSS ", 1)[1].split()[0]), "caller_peak_rss_mb": measured.peak_rss_mb}
+        return record | {
+            "facts": facts | {"flow_s": flow_s, "fixed_s": measured.wall_s - flow_s, "started_local_server": started, "in_warm_runner": bool(in_runner)}
+        }
 
     def measure(self, name: str, pair: Pair, run: Callable[[], dict], *, once: bool = False) -> dict:
         """The fastest of `repeat` runs on the real pair (a second of noise matters there), one run otherwise (or `once`),
@@ -301,15 +350,17 @@ def measure_pair(bench: Bench, pair: Pair, kind: str) -> dict:
         ("flow_server", lambda: bench.child("flow", pair, full=True, server=True)),
         ("cli_server", lambda: bench.cli(pair, "stack")),
     ]
+    first: list[tuple[str, Callable[[], dict]]] = []
     local = [("cli_local", lambda: bench.cli(pair, "local"))]
     if kind == "real":
-        # The first run starts the local server every later `local` run (on every pair) reuses.
-        local.insert(0, ("cli_local_first", lambda: bench.cli(pair, "local_first")))
+        # The first `taxiflow train` of all starts the local server and the warm runner every later run
+        # (stack up or not, on every pair) uses.
+        first = [("cli_local_first", lambda: bench.cli(pair, "local_first"))]
         if not bench.settings.quick:  # the old mode: the baseline of the fixed cost
             local += [("cli_temp_first", lambda: bench.cli(pair, "temp_first")), ("cli_temp", lambda: bench.cli(pair, "temp"))]
     if kind == "end-to-end":  # one run each (no orchestration overhead here, which needed the repeats)
         return {name: bench.measure(name, pair, run, once=True) for name, run in course_and_direct + local}
-    return {name: bench.measure(name, pair, run) for name, run in course_and_direct + standard + local}
+    return {name: bench.measure(name, pair, run) for name, run in first + course_and_direct + standard + local}
 
 
 def _fixed(run: dict) -> dict:
@@ -317,10 +368,10 @@ def _fixed(run: dict) -> dict:
     return {"wall_s": run["wall_s"], "flow_s": run["facts"]["flow_s"], "fixed_s": run["wall_s"] - run["facts"]["flow_s"], "peak_rss_mb": run["peak_rss_mb"]}
 
 
-def derive(runs: dict[str, dict], local_server: dict | None = None) -> dict:
+def derive(runs: dict[str, dict], local_server: dict | None = None, warm_runner: dict | None = None) -> dict:
     """The issue's target figures from one pair's runs (ratios within the same benchmark run).
 
-    `local_server`: the local Prefect server's memory after this pair's runs (LocalPrefect.memory).
+    `local_server`, `warm_runner`: their memory after this pair's runs (LocalPrefect.memory).
     """
     course = runs["course"]
     figures: dict = {}
@@ -342,6 +393,9 @@ def derive(runs: dict[str, dict], local_server: dict | None = None) -> dict:
         # Not in the run's peak RSS (another session): its processes' peaks so far, summed.
         "local_server_peak_rss_mb": local_server["peak_rss_mb"] if local_server else None,
         "local_server_rss_mb": local_server["rss_mb"] if local_server else None,
+        # The warm runner between runs (its runs' peaks are in taxiflow_peak_rss_mb: they inherit its memory).
+        "warm_runner_peak_rss_mb": warm_runner["peak_rss_mb"] if warm_runner else None,
+        "warm_runner_rss_mb": warm_runner["rss_mb"] if warm_runner else None,
     }
     modes = {"stack": "cli_server", "local": "cli_local", "local_first": "cli_local_first", "temp": "cli_temp", "temp_first": "cli_temp_first"}
     fixed = {mode: _fixed(runs[name]) for mode, name in modes.items() if name in runs}
@@ -447,14 +501,24 @@ def local_prefect(scratch: Path) -> Iterator[LocalPrefect]:
     try:
         yield local
     finally:
-        service = local.service()
+        service, runner = local.service(), local.runner_service()
         output = local.stop()
-        left = session_pids(service["sid"]) if service else []
+        sessions = [s["sid"] for s in (service, runner) if s]
+
+        def still_there() -> list[int]:
+            return [pid for sid in sessions for pid in session_pids(sid)]
+
+        left = still_there()
         deadline = time.monotonic() + 10
         while left and time.monotonic() < deadline:  # stopped processes are reaped by init
             time.sleep(0.2)
-            left = session_pids(service["sid"]) if service else []
-        local.shutdown = {"server_pid": service["pid"] if service else None, "stack_down_output": output, "processes_left": left}
+            left = still_there()
+        local.shutdown = {
+            "server_pid": service["pid"] if service else None,
+            "runner_pid": runner["pid"] if runner else None,
+            "stack_down_output": output,
+            "processes_left": left,
+        }
         _log(f"taxiflow stack down: {output}" + (f" (processes left: {left})" if left else ""))
 
 
@@ -508,14 +572,15 @@ def run(settings: Settings, out_dir: Path) -> dict:
         bench = Bench(settings, Path(tmp) / "runs", stack, local, template)
         for pair, kind in pairs:
             runs = measure_pair(bench, pair, kind)
-            memory = local.memory()
+            memory, runner = local.memory(), local.memory(local.runner_service())
             results["pairs"][pair.name] = {
                 "train_file": str(pair.train),
                 "val_file": str(pair.val),
                 "rows_read": list(_rows_read(pair)),
                 "runs": runs,
                 "local_server": memory,
-                "figures": derive(runs, memory),
+                "warm_runner": runner,
+                "figures": derive(runs, memory, runner),
             }
         if settings.scaling_train_rows:
             large_run = results["pairs"]["large"]["runs"]["taxiflow"]
@@ -523,6 +588,7 @@ def run(settings: Settings, out_dir: Path) -> dict:
                 record = large_run if rows == settings.large[0] else bench.measure("taxiflow", pair, partial(bench.child, "taxiflow", pair, full=True))
                 results["scaling"].append({"train_rows_read": rows} | record)
         results["local_server"] = local.memory()
+        results["warm_runner"] = local.memory(local.runner_service())
     # Stopped by now (local_prefect's exit): recorded so the smoke test can check it.
     results["local_server_shutdown"] = local.shutdown
     write_outputs(results, out_dir)

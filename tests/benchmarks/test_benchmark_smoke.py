@@ -85,8 +85,16 @@ def test_quick_benchmark_reports_every_stage_of_both_pipelines(tmp_path, tlc_dir
     server = pair["local_server"]
     assert server is not None and server["peak_rss_mb"] == pytest.approx(sum(p["peak_rss_mb"] for p in server["processes"]), rel=1e-12)
     assert any("prefect server start" in p["cmd"] for p in server["processes"])
+    # The warm runner: started by the first run, every later run (stack up or not) ran in it, stopped with the local server.
+    assert [runs[n]["facts"]["in_warm_runner"] for n in ("cli_local_first", "cli_server", "cli_local")] == [False, True, True]
+    for name in ("cli_server", "cli_local"):  # its peak is the run's (the forked child's, with what it inherits), not the caller's
+        assert runs[name]["peak_rss_mb"] > runs[name]["caller_peak_rss_mb"], runs[name]
+    runner = pair["warm_runner"]
+    assert runner is not None and any("taxiflow.platform.warm_runner" in p["cmd"] for p in runner["processes"])
+    assert runs["cli_local"]["peak_rss_mb"] >= runner["rss_mb"] * 0.5  # a run inherits the runner's imports
     shutdown = results["local_server_shutdown"]
-    assert shutdown["server_pid"] == server["pid"] and shutdown["processes_left"] == [], shutdown
+    assert shutdown["server_pid"] == server["pid"] and shutdown["runner_pid"] == runner["pid"] and shutdown["processes_left"] == [], shutdown
+    assert "warm runner stopped" in shutdown["stack_down_output"]
 
     # Fixed cost = whole process - the run's own flow time; end to end = course / `taxiflow train` (local server), same run.
     fixed = figures["fixed_cost"]
