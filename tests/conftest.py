@@ -89,18 +89,34 @@ def state_dir(tmp_path) -> Path:
     return tmp_path / "state"
 
 
+@pytest.fixture(scope="session")
+def warm_runner_env(tmp_path_factory) -> dict[str, str]:
+    """One warm runner for the session's commands (platform/warm_runner.py), as a user's later runs have.
+
+    Started before any test, so no test's command starts one (and says so); stopped at the end.
+    """
+    directory = tmp_path_factory.mktemp("warm-runners")
+    env = {"TAXIFLOW_WARM_RUNNER_DIR": str(directory), "TAXIFLOW_WARM_RUNNER_IDLE_S": "7200"}
+    start = "import os; from pathlib import Path; from taxiflow.platform.warm_runner import ensure_warm_runner, runner_key; "
+    start += "ensure_warm_runner(Path(os.environ['TAXIFLOW_WARM_RUNNER_DIR']), runner_key(), 7200)"
+    subprocess.run([str(VENV_BIN / "python"), "-c", start], env=base_env(**env), check=True, timeout=60)
+    yield env
+    stop_warm_runners(directory)
+
+
 @pytest.fixture
-def run_taxiflow(tmp_path, state_dir, prefect_api):
+def run_taxiflow(tmp_path, state_dir, prefect_api, warm_runner_env):
     """Run the `taxiflow` command as a user would, against the session's Prefect server.
 
     With `server=False` no Prefect server is given: a run then starts the local one (kept warm for
-    later runs), in this test's own PREFECT_HOME; it is stopped when the test ends.
+    later runs), in this test's own PREFECT_HOME; it is stopped when the test ends. Flow commands run
+    in the session's warm runner (a test can pass TAXIFLOW_WARM_RUNNER_IDLE_S=0 to run one in its own process).
     """
     started_local_server = False
 
     def run(*args: str, env: dict[str, str] | None = None, server: bool = True, timeout: float = 600) -> CommandResult:
         nonlocal started_local_server
-        full_env = base_env(TAXIFLOW_STATE_DIR=str(state_dir))
+        full_env = base_env(TAXIFLOW_STATE_DIR=str(state_dir), **warm_runner_env)
         if server:
             full_env["PREFECT_API_URL"] = prefect_api
         else:
