@@ -241,14 +241,14 @@ def _bad_parquet(tlc_dir, data_dir, month, transform):
         (
             "bad parameter",
             ["--train-month", "2023-01", "--val-month", "2023-02", "--max-depth", "0"],
-            r"--max-depth: expected an integer in 1\.\.64, got '0'",
+            r"--max-depth: expected an integer in 1\.\.100, got '0'",
             2,
         ),
-        # The flow's bound (it caps max_depth at 64): the same limit, refused before Prefect starts.
+        # The flow's bound (it caps max_depth at 100, the top of the course's search space): the same limit, refused before Prefect starts.
         (
             "beyond the flow's bound",
-            ["--train-month", "2023-01", "--val-month", "2023-02", "--max-depth", "100"],
-            r"--max-depth: expected an integer in 1\.\.64, got '100'",
+            ["--train-month", "2023-01", "--val-month", "2023-02", "--max-depth", "101"],
+            r"--max-depth: expected an integer in 1\.\.100, got '101'",
             2,
         ),
         (

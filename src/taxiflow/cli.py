@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from taxiflow.cli_requests import add_request_options, option_names, request_values
 from taxiflow.core.errors import InvalidArgumentError, TaxiflowError
 from taxiflow.core.months import parse_month_range
-from taxiflow.core.request import BackfillRequest, ScoreRequest, TrainRequest, validated_request
+from taxiflow.core.request import BackfillRequest, ScoreRequest, TrainRequest, TuneRequest, validated_request
 from taxiflow.core.schema import TAXI_TYPES
 from taxiflow.jobs.notify import add_notify_parser, run_notify_command
 
@@ -37,7 +37,14 @@ IN_WARM_RUNNER = False  # this process is a warm runner's child (platform/warm_r
 # Options spelled differently from their request field (kept from earlier releases).
 TRAIN_OPTION_NAMES = {"experiment_name": "--experiment", "promotion_reason": "--reason", "collapse_duplicates": "--no-collapse-duplicates"}
 SCORE_OPTION_NAMES = {"experiment_name": "--experiment"}
-WARM_COMMANDS = frozenset({"train", "score", "backfill"})  # the commands that import the flows (platform/warm_runner.py)
+TUNE_OPTION_NAMES = {
+    "experiment_name": "--experiment",
+    "space_file": "--space",
+    "timeout_s": "--timeout",
+    "pruning": "--no-pruning",
+    "train_best": "--no-train-best",
+}
+WARM_COMMANDS = frozenset({"train", "score", "backfill", "tune"})  # the commands that import the flows (platform/warm_runner.py)
 BACKFILL_OPTION_NAMES = {"from_month": "--from", "to_month": "--to", "experiment_name": "--experiment", "collapse_duplicates": "--no-collapse-duplicates"}
 
 
@@ -56,6 +63,13 @@ def _build_parser() -> argparse.ArgumentParser:
     add_request_options(backfill, BackfillRequest, BACKFILL_OPTION_NAMES, required=("from_month", "to_month"))
     backfill.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the state dir)")
     backfill.add_argument("--json", action="store_true", help="print one JSON object: each pair's status, RMSE, version, promoted")
+
+    tune = sub.add_parser("tune", help="search XGBoost's parameters on a month pair (Optuna; resumable), then train the best through the gate")
+    add_request_options(tune, TuneRequest, TUNE_OPTION_NAMES, required=("train_month", "val_month"))
+    tune.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the state dir)")
+    tune.add_argument(
+        "--json", action="store_true", help="print one JSON object: the study, trial counts, the top trials, the best params file, the trained model"
+    )
 
     models = sub.add_parser("models", help="the registered model's versions and its champion").add_subparsers(dest="models_command", required=True)
     for name, help_text in (
@@ -346,7 +360,7 @@ def _start_warm_runner() -> None:
         return
     if ensure_warm_runner(runner_dir(settings), runner_key(), settings.warm_runner_idle_s) is not None:
         print(
-            f"taxiflow: starting a warm runner: later train/score/backfill runs skip ~3 s of imports "
+            f"taxiflow: starting a warm runner: later train/score/backfill/tune runs skip ~3 s of imports "
             f"(stops after {settings.warm_runner_idle_s:.0f} s without runs, or with `taxiflow stack down`)",
             file=sys.stderr,
         )
@@ -359,6 +373,7 @@ def _train(args: argparse.Namespace) -> int:
         # Passed by environment, not as a flow parameter: URIs can carry credentials.
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
 
+    _check_params_file(request)
     _check_tracking_store(request)
     summary = _run_flow("taxiflow.flows.train", "train", request)
     if args.json:
@@ -369,6 +384,45 @@ def _train(args: argparse.Namespace) -> int:
         print(f"taxiflow: v{summary['model_version']} was not promoted ({summary['gate']}): {summary['decision_reason']}", file=sys.stderr)
         return 3
     return 0
+
+
+def _check_params_file(request: TrainRequest) -> None:
+    """`--params`: the file exists and holds valid parameters, before Prefect starts (the flow reads it again)."""
+    if request.params:
+        from taxiflow.io.tuning import load_params_file
+        from taxiflow.settings import load_settings
+
+        path, values = load_params_file(request.params, request.taxi, load_settings())
+        request.with_params(values)  # in TrainRequest's bounds
+
+
+def _tune(args: argparse.Namespace) -> int:
+    request = validated_request(TuneRequest, request_values(args, TuneRequest), option_names=option_names(TuneRequest, TUNE_OPTION_NAMES))
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri  # by environment, not a flow parameter: URIs can carry credentials
+    if request.space_file:
+        from taxiflow.io.tuning import load_search_space
+
+        load_search_space(request.space_file)  # a bad file fails now, naming the key
+    _check_tracking_store(request.best_train_request("best"))
+    summary = _run_flow("taxiflow.flows.tune", "tune", request)
+    print(json.dumps(summary) if args.json else _describe_tune(summary))
+    return 0
+
+
+def _describe_tune(summary: dict) -> str:
+    counts = summary["trials"]
+    lines = [
+        f"Study {summary['study']}: {summary['trials_run_now']} trial(s) now; "
+        f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed in all"
+    ]
+    for row in summary["top"]:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+        lines.append(f"  trial {row['number']:>3}  RMSE {row['rmse']:.4f}  {params}")
+    lines.append(f"best parameters: {summary['best_params_file']} (taxiflow train --params best)")
+    if summary["trained"]:
+        lines.append(_describe(summary["trained"]))
+    return "\n".join(lines)
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -649,6 +703,8 @@ def main(argv: list[str] | None = None) -> int:
             return _score(args)
         if args.command == "backfill":
             return _backfill(args)
+        if args.command == "tune":
+            return _tune(args)
         if args.command == "cache":
             return _cache(args)
         if args.command == "data":

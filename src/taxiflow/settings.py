@@ -37,6 +37,7 @@ class TaxiflowSettings(BaseSettings):
         900.0, ge=0, description="Keep a warm runner (imports done) this long after the last train/score/backfill run (0: none; each run imports)"
     )
     warm_runner_dir: Path | None = Field(None, description="Where warm runners keep their sockets and records (default: <state_dir>/warm-runner)")
+    tuning_storage: SecretStr | None = Field(None, description="Optuna storage URL of `taxiflow tune`'s studies (default: SQLite tuning.db in the state dir)")
     experiment_name: str = "nyc-taxi-experiment"
     model_name: str = "nyc-taxi-duration"
 
@@ -74,6 +75,10 @@ class TaxiflowSettings(BaseSettings):
     def prepared_dir(self) -> Path:
         """Months' prepared trips, cached by identity (io/prepared_cache.py)."""
         return (self.state_dir / "prepared").resolve()
+
+    def params_dir(self) -> Path:
+        """Params files: `taxiflow tune` writes <taxi>-best.toml here, `train --params best` reads it."""
+        return (self.state_dir / "params").resolve()
 
     def local_artifact_root(self) -> Path:
         """Where runs' artifacts go when tracking to the local SQLite store."""

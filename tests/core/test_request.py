@@ -17,7 +17,7 @@ def test_the_flow_form_is_the_request_flat_and_typed():
     assert list(schema) == list(TrainRequest.model_fields)
     assert schema["taxi"]["enum"] == ["green", "yellow", "fhv", "fhvhv"]
     assert schema["train_month"]["pattern"] == r"^\d{4}-(0[1-9]|1[0-2])$"
-    assert schema["max_depth"]["anyOf"][0] == {"maximum": 64, "minimum": 1, "type": "integer"}
+    assert schema["max_depth"]["anyOf"][0] == {"maximum": 100, "minimum": 1, "type": "integer"}
     assert schema["promotion_margin"]["maximum"] == 60 and schema["promote"]["enum"] == ["auto", "never", "force"]
     assert schema["features"]["items"]["enum"] == ["pu_do", "pu", "do", "distance"]
     assert schema["max_depth"]["description"] == "XGBoost max_depth (default 30)"
@@ -34,7 +34,7 @@ def test_every_field_is_a_cli_option_and_only_given_ones_are_passed():
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"max_depth": "100"}, "--max-depth: expected an integer in 1..64, got '100'"),
+        ({"max_depth": "101"}, "--max-depth: expected an integer in 1..100, got '101'"),
         ({"promotion_margin": "-1"}, "--promotion-margin: expected a number in 0..60, got '-1'"),
         ({"taxi": "blue"}, "--taxi: expected one of green, yellow, fhv or fhvhv, got 'blue'"),
         ({"train_month": "2023-13"}, "--train-month: month must be 01..12, got '2023-13'"),

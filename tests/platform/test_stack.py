@@ -25,7 +25,7 @@ from tests.support.servers import VENV_BIN, Proc, all_processes, base_env, free_
 pytestmark = pytest.mark.servers
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SERVICES = {"s3", "mlflow", "prefect", "worker"}
-DEPLOYMENTS = {"taxi-local-data", "taxi-s3-data", "taxi-monthly", "taxi-score", "taxi-backfill"}
+DEPLOYMENTS = {"taxi-local-data", "taxi-s3-data", "taxi-monthly", "taxi-score", "taxi-backfill", "taxi-tune"}
 MODEL = "nyc-taxi-duration"
 
 
@@ -184,6 +184,9 @@ def test_deploy_registers_the_deployments_with_a_schedule(running_stack):
     backfill_form = by_name["taxi-backfill"]["parameter_openapi_schema"]
     assert {"from_month", "to_month"} <= set(backfill_form["required"]) and "maximum" in json.dumps(backfill_form["properties"]["max_concurrency"])
     assert by_name["taxi-backfill"]["parameters"] == {"source": "auto", "mode": "missing", "max_concurrency": 2}
+    tune_form = by_name["taxi-tune"]["parameter_openapi_schema"]["properties"]
+    assert "maximum" in json.dumps(tune_form["trials"]) and "space_file" in tune_form and "params" not in tune_form
+    assert by_name["taxi-tune"]["parameters"] == {"trials": 50, "max_concurrency": 2}
 
 
 def test_schedule_creates_scheduled_runs(deployed_stack):

@@ -60,7 +60,7 @@ class TrainRequest(BaseModel):
     min_count: int = Field(1, ge=1, le=1_000_000, description="drop one-hot categories seen fewer times in training (1: DictVectorizer semantics)")
     collapse_duplicates: bool = Field(True, description="XGBoost fits one weighted row per distinct input (same model, faster)")
     learning_rate: float | None = Field(None, gt=0, le=1, description=f"XGBoost learning_rate (default {_XGB.learning_rate:.4g})")
-    max_depth: int | None = Field(None, ge=1, le=64, description=f"XGBoost max_depth (default {_XGB.max_depth})")
+    max_depth: int | None = Field(None, ge=1, le=100, description=f"XGBoost max_depth (default {_XGB.max_depth})")
     min_child_weight: float | None = Field(None, ge=0, le=1e6, description=f"XGBoost min_child_weight (default {_XGB.min_child_weight:.4g})")
     reg_alpha: float | None = Field(None, ge=0, le=1e6, description=f"XGBoost reg_alpha (default {_XGB.reg_alpha:.4g})")
     reg_lambda: float | None = Field(None, ge=0, le=1e6, description=f"XGBoost reg_lambda (default {_XGB.reg_lambda:.4g})")
@@ -81,6 +81,12 @@ class TrainRequest(BaseModel):
     )
     refresh: bool = Field(False, description="read and prepare the months again instead of using their cached prepared trips")
     retrain: bool = Field(False, description="train even if a committed version was trained on identical inputs (else that run is returned, marked cached)")
+    params: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="XGBoost parameters from a file: best (the last `taxiflow tune` for this trip type) or a TOML file's path; parameters given here win",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainRequest:
@@ -97,6 +103,12 @@ class TrainRequest(BaseModel):
     @property
     def feature_set(self) -> tuple[str, ...]:
         return parse_features(self.features)
+
+    def with_params(self, values: Mapping[str, float | int]) -> TrainRequest:
+        """This request with a params file's values under the parameters it sets itself (those win)."""
+        # A flow's caller may pass every parameter, unset ones as None: only values count as given.
+        given = {k: v for k, v in self.model_dump(exclude_unset=True).items() if v is not None}
+        return validated_request(TrainRequest, {**{k: v for k, v in values.items() if getattr(self, k) is None}, **given})
 
     def xgboost_params(self) -> XGBoostParams:
         return XGBoostParams().with_overrides(
@@ -185,7 +197,54 @@ class _BackfillFields(BaseModel):
         return self
 
 
+_TUNE_TRAIN_FIELDS = (
+    *("taxi", "train_month", "val_month", "data_dir", "source", "s3_block", "tlc_base_url", "month_window_days", "features"),
+    *("num_boost_round", "early_stopping_rounds", "experiment_name", "model_name", "promote", "promotion_margin", "notify", "refresh"),
+)
+
+
+class _TuneFields(BaseModel):
+    """A search's own fields; `TuneRequest` adds the training options it shares with `TrainRequest` after them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trials: int = Field(50, ge=1, le=10_000, description="trials the study should have in all (a resumed study runs only the rest)")
+    timeout_s: float | None = Field(None, gt=0, le=7 * 86400, description="start no new trial after this many seconds (running ones finish)")
+    max_concurrency: int = Field(2, ge=1, le=8, description="trials fitted at once (each on cores / this many threads)")
+    space_file: str | None = Field(
+        None, min_length=1, max_length=1000, description="TOML file replacing ranges of the course's search space ([space.max_depth] high = 30, ...)"
+    )
+    pruning: bool = Field(True, description="stop trials whose validation curve is worse than the median of earlier trials at the same round")
+    sampler_seed: int = Field(42, ge=0, le=2**31 - 1, description="seed of the search (TPE): the same study asks the same parameters")
+    train_best: bool = Field(True, description="train the best parameters with `train` at the end: registered and gated like any model")
+
+    def trial_request(self, space) -> TrainRequest:
+        """The training setup every trial shares: its vocabulary keeps every category any trial's min_child_weight can split."""
+        low = min((r.low for r in space if r.name == "min_child_weight"), default=None)
+        options = self.model_dump(exclude_unset=True, exclude=set(_TuneFields.model_fields))
+        return TrainRequest.model_validate(options | ({"min_child_weight": low} if low is not None else {}))
+
+    def best_train_request(self, params_file: str) -> TrainRequest:
+        """The `train` run of the best parameters: this search's options and its params file."""
+        options = self.model_dump(exclude_unset=True, exclude=set(_TuneFields.model_fields))
+        return TrainRequest.model_validate(options | {"params": params_file})
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _TuneFields:
+        if getattr(self, "promote", "auto") == "force":
+            raise InvalidArgumentError("promote force: a search's result goes through the gate (auto) or is only registered (never)")
+        self.best_train_request("best")  # every training option checked as `train` checks it
+        return self
+
+
 # The training options, defined once (in TrainRequest) and shared field for field.
+TuneRequest = create_model(
+    "TuneRequest",
+    __base__=_TuneFields,
+    __doc__="A hyperparameter search on one month pair (Optuna, resumable), then the best parameters trained through the gate.",
+    **{name: (field.annotation, field) for name, field in TrainRequest.model_fields.items() if name in _TUNE_TRAIN_FIELDS},  # type: ignore[call-overload]
+)
+
 BackfillRequest = create_model(
     "BackfillRequest",
     __base__=_BackfillFields,

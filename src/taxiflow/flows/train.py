@@ -53,6 +53,7 @@ from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
 from taxiflow.io.tracking import SUMMARY_TAG, TrackingStore, mlflow_run_url, mlflow_version_url, redact_uri
 from taxiflow.io.trip_files import get_month_file
 from taxiflow.io.trip_tables import read_trip_table
+from taxiflow.io.tuning import load_params_file
 from taxiflow.jobs.notify import current_flow_run_url, notify_run_state, send_event
 from taxiflow.settings import TaxiflowSettings, load_settings
 
@@ -301,6 +302,10 @@ def _train(**parameters: object) -> dict:
 def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
     started = time.perf_counter()
     exit_with_worker()
+    if request.params:
+        path, values = load_params_file(request.params, request.taxi, settings)
+        request = request.with_params(values)
+        get_run_logger().info("XGBoost parameters from %s (options given to this run win): %s", path, values)
     plan = plan_training(request)
     months = (request.train_month, request.val_month)
     model_name = request.model_name or settings.model_name

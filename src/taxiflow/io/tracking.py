@@ -416,6 +416,42 @@ class TrackingStore:
             "committing the model version",
         )
 
+    # --- runs logged by hand, from any thread (MlflowClient with explicit run ids; never the fluent API) ---
+
+    def experiment_id(self) -> str:
+        return self._retry(self._experiment_id, "finding the experiment")
+
+    def start_run(self, experiment_id: str, *, run_name: str, tags: dict[str, str]) -> str:
+        """A new RUNNING run; nested under another when `tags` holds mlflow.parentRunId. Its id."""
+        return self._retry(lambda: self.client.create_run(experiment_id, run_name=run_name, tags=tags), "creating a run").info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        if params:
+            self._retry(lambda: self.client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()]), "logging params")
+
+    def log_metric_steps(self, run_id: str, name: str, values: list[float]) -> None:
+        """One metric's history, a value per step (a validation curve)."""
+        now = int(time.time() * 1000)
+        metrics = [mlflow.entities.Metric(name, float(v), now, step) for step, v in enumerate(values)]
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+            self._retry(partial(self.client.log_batch, run_id, metrics=metrics[start : start + 1000]), f"logging {name}")
+
+    def running_runs_tagged(self, experiment_id: str, key: str, value: str) -> list[str]:
+        """Runs still RUNNING with this tag (left so by a process that was killed)."""
+        query = f"tags.`{key}` = '{value}' and attributes.status = 'RUNNING'"
+        return [r.info.run_id for r in self._retry(lambda: self.client.search_runs([experiment_id], query, max_results=1000), "searching runs")]
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._retry(partial(self.client.set_tag, run_id, key, value), f"tagging the run ({key})")
+
+    def terminate(self, run_id: str, status: str) -> None:
+        """End a run as FINISHED, KILLED or FAILED (best effort for the last two: the reason matters more)."""
+        if status == "FINISHED":
+            self.finish(run_id)
+        else:
+            self._terminate_quietly(run_id, status)
+
     def finish(self, run_id: str) -> None:
         self._retry(lambda: self.client.set_terminated(run_id, status="FINISHED"), "finishing the run")
 

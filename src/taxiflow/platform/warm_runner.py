@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 MARKER = "taxiflow.platform.warm_runner"
 PRELOAD = (
-    *("taxiflow.cli", "taxiflow.console", "taxiflow.flows.train", "taxiflow.flows.score", "taxiflow.flows.backfill"),
+    *("taxiflow.cli", "taxiflow.console", "taxiflow.flows.train", "taxiflow.flows.score", "taxiflow.flows.backfill", "taxiflow.flows.tune"),
     *("taxiflow.platform.local_prefect", "taxiflow.platform.processes"),
     # What a run imports only when it gets there (found by diffing sys.modules around a real `train`):
     # ~840 modules, ~2 s of a run's time; only modules that start no thread or process on import.
@@ -52,7 +52,7 @@ PRELOAD = (
     *("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store", "sqlalchemy.dialects.sqlite"),
     *("alembic.runtime.migration", "alembic.command", "alembic.config"),
     *("mlflow.xgboost", "mlflow.pyfunc", "mlflow.tracing", "opentelemetry.sdk.trace", "git", "graphviz", "email.policy"),
-    *("xgboost", "xgboost.callback", "sklearn.metrics", "sklearn.model_selection", "PIL.Image"),
+    *("xgboost", "xgboost.callback", "sklearn.metrics", "sklearn.model_selection", "PIL.Image", "optuna"),
 )
 # Read when a library loads (OpenMP, allocators, the interpreter), not per call: part of the runner's key.
 _LOAD_TIME_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "LD_", "PYTHON", "MALLOC_", "POLARS_", "ARROW_", "XGBOOST_")
