@@ -30,6 +30,8 @@ _DEFAULT_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # MLflow draws a progress bar per artifact download when tqdm is installed (Optuna brings it): noise here.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 _FLOW_STARTED = False  # an error after this came from inside a flow run: its traceback is in Prefect's logs
 IN_WARM_RUNNER = False  # this process is a warm runner's child (platform/warm_runner.py): the imports were done before

@@ -42,6 +42,8 @@ def test_every_field_is_a_cli_option_and_only_given_ones_are_passed():
         ({"promote": "force"}, "--promote force needs --reason: who is forcing it and why"),
         ({"notify": ["webhook:"]}, "notification target 'webhook:'"),
         ({"bogus": 1}, "bogus: Extra inputs are not permitted"),
+        ({"dask_address": "tcp://10.0.0.5:8786"}, "--dask-address is for engine dask"),
+        ({"engine": "dask", "dask_address": "10.0.0.5:8786"}, "--dask-address: String should match pattern"),
     ],
 )
 def test_bad_values_name_the_option_and_what_is_allowed(values, message):

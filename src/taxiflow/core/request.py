@@ -30,6 +30,7 @@ TaxiType = Literal["green", "yellow", "fhv", "fhvhv"]
 SourceChoice = Literal["auto", "local", "tlc", "s3"]
 TrainSourceChoice = Literal["auto", "local", "tlc", "s3", "postgres"]
 ModelChoice = Literal["xgboost", "linear"]
+EngineChoice = Literal["local", "dask"]
 FeatureChoice = Literal["pu_do", "pu", "do", "distance"]
 PromotePolicy = Literal["auto", "never", "force"]
 
@@ -81,6 +82,12 @@ class TrainRequest(BaseModel):
     )
     refresh: bool = Field(False, description="read and prepare the months again instead of using their cached prepared trips")
     retrain: bool = Field(False, description="train even if a committed version was trained on identical inputs (else that run is returned, marked cached)")
+    engine: EngineChoice = Field(
+        "local", description="where XGBoost fits: local (this process) or dask (xgboost.dask on dask_address, else a LocalCluster on this machine)"
+    )
+    dask_address: str | None = Field(
+        None, pattern=r"^(tcp|tls|ucx|inproc)://\S+$", max_length=500, description="Dask scheduler for engine dask, e.g. tcp://10.0.0.5:8786"
+    )
     params: str | None = Field(
         None,
         min_length=1,
@@ -95,6 +102,10 @@ class TrainRequest(BaseModel):
         check_fields_available(self.taxi, required_columns(features), what="features")
         if self.promote == "force" and not (self.promotion_reason or "").strip():
             raise InvalidArgumentError("promote force needs promotion_reason: who is forcing it and why")
+        if self.engine == "dask" and self.model != "xgboost":
+            raise InvalidArgumentError(f"engine dask fits XGBoost (xgboost.dask): model {self.model} fits in this process; use engine local")
+        if self.dask_address and self.engine != "dask":
+            raise InvalidArgumentError("dask_address is for engine dask")
         if self.notify:
             for target in self.notify:
                 parse_target(target)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from taxiflow.core.errors import InvalidArgumentError
 from taxiflow.core.features import (
     FeatureMatrix,
     FeatureVocabulary,
@@ -35,6 +36,7 @@ from taxiflow.core.training import (
     fit_linear,
     fit_xgboost,
     fit_xgboost_on_codes,
+    fit_xgboost_on_codes_dask,
     fits_collapsed_rows,
     predict_trips,
     vocabulary_min_count,
@@ -55,6 +57,7 @@ class TrainingPlan:
     # XGBoost grows its trees on zone codes (same trees, faster: `fit_xgboost_on_codes`), exact while
     # the categories left out of the vocabulary are exactly those no split can use.
     zone_codes: bool = False
+    engine: str = "local"  # dask: the fitting step runs on a Dask cluster (`fit_duration_model_on_dask`)
 
     def identity(self) -> dict[str, object]:
         """What decides the fitted model besides the data (`core.identity.training_key`)."""
@@ -68,6 +71,7 @@ class TrainingPlan:
             "collapse_applied": self.collapse,
             "month_window_days": self.month_window_days,
             "zone_codes": self.zone_codes,
+            "engine": self.engine,
         }
 
 
@@ -84,6 +88,7 @@ def plan_training(request: TrainRequest) -> TrainingPlan:
         collapse=fits_collapsed_rows(request.model, request.collapse_duplicates),
         month_window_days=request.month_window_days,
         zone_codes=request.model == "xgboost" and vocabulary_min_count(request.model, params, request.min_count) <= params.min_splittable_count(),
+        engine=request.engine,
     )
 
 
@@ -110,6 +115,15 @@ def fit_duration_model(plan: TrainingPlan, train: FitMatrix, val: FitMatrix, *, 
     if plan.model == "linear":
         return fit_linear(train.X, train.target, train.weight)
     return fit_xgboost(train.X, train.target, val.X, val.target, plan.params, weight_train=train.weight, weight_val=val.weight, callbacks=callbacks)
+
+
+def fit_duration_model_on_dask(plan: TrainingPlan, train: FitMatrix, val: FitMatrix, client: object, *, workers: int) -> DurationModel:
+    """`fit_duration_model`'s XGBoost model, fitted by xgboost.dask on `client`'s cluster, rows split across `workers`."""
+    if not (isinstance(train, ZoneCodeMatrix) and isinstance(val, ZoneCodeMatrix)):
+        raise InvalidArgumentError(
+            "engine dask fits on zone codes: keep min_count at most what XGBoost can split (the default), and the feature columns without nulls"
+        )
+    return fit_xgboost_on_codes_dask(train, val, plan.params, client, partitions=workers)
 
 
 @dataclass(frozen=True)

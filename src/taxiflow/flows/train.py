@@ -35,6 +35,7 @@ from taxiflow.core.training_plan import (
     TrainingPlan,
     evaluate_duration_model,
     fit_duration_model,
+    fit_duration_model_on_dask,
     fit_matrix,
     fit_plan_vocabulary,
     plan_training,
@@ -201,7 +202,13 @@ def build_features(plan: TrainingPlan, prepared: PreparedTrips, vocabulary: Feat
 
 
 @task(cache_policy=NO_CACHE)
-def fit_model(plan: TrainingPlan, train: FitMatrix, val: FitMatrix) -> DurationModel:
+def fit_model(plan: TrainingPlan, train: FitMatrix, val: FitMatrix, dask_address: str | None = None) -> DurationModel:
+    if plan.engine == "dask":
+        from taxiflow.io.dask_cluster import dask_client
+
+        with dask_client(dask_address) as (client, workers):
+            get_run_logger().info("fitting on Dask: %d worker(s) at %s", workers, dask_address or "a local cluster")
+            return fit_duration_model_on_dask(plan, train, val, client, workers=workers)
     callbacks = xgboost_fit_progress(plan.params.num_boost_round) if plan.model == "xgboost" else []
     return fit_duration_model(plan, train, val, callbacks=callbacks)
 
@@ -335,7 +342,7 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
     val_matrix = build_features.submit(plan, val_trips, vocabulary, "val")
     x_train, x_val = train_matrix.result(), val_matrix.result()
     fit_started = time.perf_counter()
-    fitted = fit_model(plan, x_train, x_val)
+    fitted = fit_model(plan, x_train, x_val, request.dask_address)
     fit_seconds = time.perf_counter() - fit_started
     evaluation = evaluate_model(fitted, val_trips, vocabulary)
     facts = training_facts(plan, _month_facts(train_file, train_trips), _month_facts(val_file, val_trips), vocabulary, fitted, evaluation.metrics)

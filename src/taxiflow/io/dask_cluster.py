@@ -1,0 +1,46 @@
+"""The Dask cluster `train --engine dask` fits on: the scheduler at an address, else a LocalCluster for this run.
+
+The local cluster is sized to the machine (one single-threaded worker process per core), binds
+127.0.0.1, has no dashboard, and is closed with the run: nothing outlives it. An address that
+does not answer fails in seconds, naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from taxiflow.core.errors import TaxiflowError
+
+CONNECT_TIMEOUT_S = 10
+
+
+class DaskClusterError(TaxiflowError):
+    """The Dask scheduler could not be reached or has no workers."""
+
+
+@contextlib.contextmanager
+def dask_client(address: str | None) -> Iterator[tuple[object, int]]:
+    """(a connected Client, its number of workers)."""
+    from distributed import Client, LocalCluster
+
+    # Dask's own INFO lines (workers starting, the scheduler's address) say nothing to a user here.
+    for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with contextlib.ExitStack() as stack:
+        if address is None:
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+            )
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(address, timeout=CONNECT_TIMEOUT_S))
+            except (OSError, TimeoutError) as exc:
+                raise DaskClusterError(f"Dask scheduler {address} did not answer within {CONNECT_TIMEOUT_S} s: {exc}") from None
+        workers = len(client.scheduler_info()["workers"])
+        if workers == 0:
+            raise DaskClusterError(f"Dask scheduler {address or 'local'} has no workers")
+        yield client, workers

@@ -1,0 +1,81 @@
+"""`taxiflow train --engine dask`: XGBoost fitted by xgboost.dask, on a LocalCluster or on a real scheduler and
+workers started here (`dask scheduler`, `dask worker` on 127.0.0.1), registered and gated like any model."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import registered_versions
+from tests.support.servers import VENV_BIN, base_env, free_port
+
+PAIR = ("train", "--taxi", "green", "--train-month", "2023-01", "--val-month", "2023-02", "--num-boost-round", "20", "--json")
+
+
+@pytest.fixture
+def dask_scheduler(tmp_path):
+    """A Dask scheduler with two single-threaded worker processes, as a cluster would run them (on 127.0.0.1)."""
+    from distributed import Client
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    commands = (
+        [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        [str(VENV_BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+    )
+    processes = []
+    try:
+        for name, command in zip(("scheduler", "workers"), commands, strict=True):
+            with open(tmp_path / f"dask-{name}.log", "wb") as log:
+                processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=base_env(), start_new_session=True))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def test_a_dask_fit_is_the_local_model_registered_and_gated_like_any(tlc_dir, state_dir, run_taxiflow, dask_scheduler):
+    env = {"TAXIFLOW_DATA_DIR": str(tlc_dir)}
+    local = run_taxiflow(*PAIR, env=env)
+    assert local.returncode == 0, local.stderr[-3000:]
+    on_local_cluster = run_taxiflow(*PAIR, "--engine", "dask", env=env)
+    assert on_local_cluster.returncode == 0, on_local_cluster.stderr[-3000:]
+    assert "fitting on Dask: 2 worker(s) at a local cluster" in on_local_cluster.stderr
+    # Where it fits is not part of a model's identity (its engine is): the same inputs on another cluster would be returned cached.
+    on_scheduler = run_taxiflow(*PAIR, "--engine", "dask", "--dask-address", dask_scheduler, "--retrain", env=env)
+    assert on_scheduler.returncode == 0, on_scheduler.stderr[-3000:]
+    assert f"fitting on Dask: 2 worker(s) at {dask_scheduler}" in on_scheduler.stderr
+
+    summaries = [r.json() for r in (local, on_local_cluster, on_scheduler)]
+    for summary in summaries[1:]:
+        assert abs(summary["rmse"] - summaries[0]["rmse"]) <= 0.02 and summary["rows_train"] == summaries[0]["rows_train"]
+        assert summary["gate"] in ("promoted", "kept") and not summary["cached"]  # a Dask fit is not the local run's identity
+    assert registered_versions(state_dir) == ["3", "2", "1"]
+    client = MlflowClient(f"sqlite:///{state_dir / 'mlflow.db'}")
+    engines = [client.get_run(s["run_id"]).data.params["engine"] for s in summaries]
+    assert engines == ["local", "dask", "dask"]
+
+
+def test_dask_mistakes_fail_before_a_model_exists(tlc_dir, state_dir, run_taxiflow):
+    env = {"TAXIFLOW_DATA_DIR": str(tlc_dir)}
+    linear = run_taxiflow(*PAIR, "--engine", "dask", "--model", "linear", env=env)
+    assert linear.returncode == 2 and "--engine dask fits XGBoost (xgboost.dask): model linear fits in this process; use engine local" in linear.stderr, (
+        linear.stderr
+    )
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    unreachable = run_taxiflow(*PAIR, "--engine", "dask", "--dask-address", address, env=env)
+    assert unreachable.returncode == 1 and f"Dask scheduler {address} did not answer within 10 s" in unreachable.stderr, unreachable.stderr[-2000:]
+    assert registered_versions(state_dir) == []
