@@ -59,6 +59,7 @@ _LOAD_TIME_ENV = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "LD_", "PYTHON",
 # What the runner process itself keeps of its starter's environment: nothing a run's credentials live in.
 _RUNNER_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "VIRTUAL_ENV")
 _LENGTH = struct.Struct("!I")
+_IMPORT_ENV: dict[str, str] = {}  # what the runner's imports added to the environment (`serve`)
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -259,7 +260,14 @@ def _become_the_command(conn: socket.socket, request: dict, fds: list[int], runn
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         os.chdir(request["cwd"])
         os.environ.clear()
-        os.environ.update(request["env"])
+        os.environ.update(_IMPORT_ENV | request["env"])
+        # As in a process that has not imported Prefect yet: no root handler until the run picks its
+        # Prefect server and rebuilds Prefect's logging (cli._use_warm_prefect), so what libraries log
+        # before that (urllib3's retries in MLflow's preflight) stays off the console, as it would.
+        import logging
+
+        for handler in list(logging.getLogger().handlers):
+            logging.getLogger().removeHandler(handler)
         _send(conn, {"pid": os.getpid()})
         threading.Thread(target=_interrupt_when_caller_leaves, args=(conn,), daemon=True).start()
         import atexit
@@ -293,12 +301,18 @@ def serve(directory: Path, key: str, idle_s: float) -> int:
     started = time.monotonic()
     import importlib
 
+    before_imports = dict(os.environ)
     for module in PRELOAD:
         try:
             importlib.import_module(module)
         except ImportError as exc:  # an optional library missing: runs import it (and fail) as they would anyway
             print(f"taxiflow warm runner {key}: not preloaded: {module} ({exc})", flush=True)
     print(f"taxiflow warm runner {key}: imports done in {time.monotonic() - started:.1f} s", flush=True)
+    # Modules set defaults in the environment when imported (io/tracking.py: MLflow's HTTP retries and
+    # timeout, no URL on stdout). A process that imports them itself has them: each child gets them
+    # too, under its caller's environment (what the caller sets wins, as `setdefault` would let it).
+    global _IMPORT_ENV
+    _IMPORT_ENV = {k: v for k, v in os.environ.items() if before_imports.get(k) != v}
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
