@@ -23,13 +23,16 @@ def _study(state_dir):
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def _states(state_dir) -> list[str]:
+def _complete_and_one_midway(state_dir) -> bool:
+    """A trial has completed and another is midway through its fit (rounds reported, several to go): the moment to kill."""
     if not (state_dir / "tuning.db").is_file():
-        return []
+        return False
     try:
-        return [t.state.name for t in _study(state_dir).get_trials(deepcopy=False)]
+        trials = _study(state_dir).get_trials(deepcopy=False)
     except ValueError:  # the study is not created yet
-        return []
+        return False
+    midway = any(t.state.name == "RUNNING" and 1 <= len(t.intermediate_values) <= 6 for t in trials)
+    return midway and any(t.state.name == "COMPLETE" for t in trials)
 
 
 @pytest.fixture
@@ -49,7 +52,7 @@ def test_a_killed_tune_resumes_and_its_best_parameters_are_trained_gated_and_pic
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: "COMPLETE" in (s := _states(state_dir)) and "RUNNING" in s, timeout_s=300, what="a complete and a running trial", interval_s=0.05)
+        wait_for(lambda: _complete_and_one_midway(state_dir), timeout_s=300, what="a complete trial and one midway", interval_s=0.02)
     finally:
         killed.kill()
         killed.wait()
@@ -68,9 +71,11 @@ def test_a_killed_tune_resumes_and_its_best_parameters_are_trained_gated_and_pic
     assert summary["trials_run_now"] == 4 - len(complete_before)
     for old in complete_before:
         assert trials[old.number].state.name == "COMPLETE" and trials[old.number].params == old.params
+    assert any(len(old.params) == 5 for old in running_before)  # one was fitting (midway)
     for old in running_before:
         assert trials[old.number].state.name == "FAIL"
-        assert any(t.params == old.params and t.user_attrs.get("retry_of") == old.number and t.state.name == "COMPLETE" for t in trials)
+        if len(old.params) == 5:  # it was fitting: the same parameters ran again (one killed while being asked has nothing to redo)
+            assert any(t.params == old.params and t.user_attrs.get("retry_of") == old.number and t.state.name == "COMPLETE" for t in trials)
 
     # Nested runs in the tracking server: a parent per tune, a child per trial, none left running.
     client = MlflowClient(tracking)

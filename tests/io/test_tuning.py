@@ -39,12 +39,22 @@ def test_trials_a_dead_tune_left_running_fail_and_run_again_with_their_parameter
     study.set_attr(left_running, "mlflow_run_id", "run-of-trial-1")
 
     resumed = Study(storage_url(settings), "s2", sampler_seed=1, pruning=True)
-    (stale,) = resumed.recover_interrupted()
+    (stale,) = resumed.recover_interrupted(COURSE_SPACE)
     assert stale.number == left_running.number and stale.user_attrs["mlflow_run_id"] == "run-of-trial-1"
     assert [o.state for o in resumed.outcomes()] == ["complete", "failed"]
     retry, params = resumed.ask(COURSE_SPACE)
     assert params == params_left and retry.number == 2  # the interrupted parameters first, then new ones
     assert resumed.finished() == 1
+
+
+def test_a_trial_killed_while_being_asked_is_failed_and_not_run_again(settings):
+    study = Study(storage_url(settings), "s4", sampler_seed=1, pruning=True)
+    partial = study._study.ask()  # the process dies between choosing one parameter and the next
+    partial.suggest_int("max_depth", 4, 100)
+    resumed = Study(storage_url(settings), "s4", sampler_seed=1, pruning=True)
+    assert [t.number for t in resumed.recover_interrupted(COURSE_SPACE)] == [0]
+    retry, params = resumed.ask(COURSE_SPACE)
+    assert retry.number == 1 and "retry_of" not in retry.user_attrs and set(params) == {r.name for r in COURSE_SPACE}
 
 
 def test_one_tune_per_study_at_a_time(settings):

@@ -175,7 +175,7 @@ def run_tuning(request: TuneRequest, settings: TaxiflowSettings) -> dict:
     with study_lock(settings, name):
         study = Study(storage_url(settings), name, sampler_seed=request.sampler_seed, pruning=request.pruning)
         # Holding the study's lock: whatever of it is still running was left by a tune that died.
-        interrupted = study.recover_interrupted()
+        interrupted = study.recover_interrupted(space)
         experiment_id = store.experiment_id()
         # Their MLflow runs say so too: the dead tune's parent and trials still RUNNING, and any trial's
         # run that finished in the instant before its trial was told.

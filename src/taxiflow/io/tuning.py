@@ -120,8 +120,8 @@ class Study:
         self.name = name
         self._lock = threading.Lock()
 
-    def recover_interrupted(self) -> list[optuna.trial.FrozenTrial]:
-        """Trials left running by a tune that died: failed now, their parameters queued to run again."""
+    def recover_interrupted(self, space: SearchSpace) -> list[optuna.trial.FrozenTrial]:
+        """Trials left running by a tune that died: failed now; those that were fitting (every parameter chosen) queued to run again."""
         from optuna.trial import TrialState
 
         with self._lock:
@@ -130,7 +130,7 @@ class Study:
             for trial in stale:
                 trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
                 self._storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                if trial.params:
+                if set(trial.params) == {r.name for r in space}:  # else it died while being asked: nothing to redo
                     self._study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         return stale
 
