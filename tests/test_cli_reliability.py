@@ -38,7 +38,8 @@ def test_two_concurrent_first_runs_on_a_fresh_state_dir_both_register(tlc_dir, t
     server (TAXIFLOW_LOCAL_PREFECT_IDLE_S=0: both migrate the new database, under a lock).
     """
     env = base_env(TAXIFLOW_STATE_DIR=str(tmp_path / "state"), PREFECT_HOME=str(tmp_path / "prefect-home"), TAXIFLOW_LOCAL_PREFECT_IDLE_S=idle_s)
-    cmd = [str(VENV_BIN / "taxiflow"), *TRAIN, "--data-dir", str(tlc_dir), "--json"]
+    # --retrain: the two runs are identical, and one that starts after the other committed would return it, cached.
+    cmd = [str(VENV_BIN / "taxiflow"), *TRAIN, "--data-dir", str(tlc_dir), "--retrain", "--json"]
     try:
         runs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
         outputs = [run.communicate(timeout=600) for run in runs]

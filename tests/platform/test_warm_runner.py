@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,7 +166,9 @@ def test_ctrl_c_and_a_killed_caller_interrupt_the_run_not_the_runner(runners):
     process.kill()  # the caller dies without a word: its run must not go on alone
     process.wait()
     wait_for(lambda: not runners.runs(), timeout_s=120, what=f"the orphaned run (pid {child}) to be interrupted")
-    assert runners.log().count("exit 130") == 2
+    # Interrupted as by Ctrl-C: 130, or 1 when the interrupt lands inside Prefect's start of the flow run, which reports it as a crash.
+    (code,) = re.findall(rf"run pid {child} \(train\) exit (\d+) ", runners.log())
+    assert int(code) in (1, 130), code  # not 0: it did not go on to fit the 5,000 rounds it was asked for
     assert is_running(service)
 
 
