@@ -220,7 +220,7 @@ def fit_xgboost_on_codes(train: ZoneCodeMatrix, val: ZoneCodeMatrix, params: XGB
         return xgb.DMatrix(m.X, label=m.target, weight=m.weight, feature_types=list(m.feature_types), enable_categorical=True)
 
     booster = xgb.train(
-        {**params.booster_params(), "max_cat_to_onehot": max(train.max_code, val.max_code) + 2, "max_cached_hist_node": HIST_CACHE_NODES},
+        _codes_booster_params(params, train, val),
         dmatrix(train),
         num_boost_round=params.num_boost_round,
         evals=[(dmatrix(val), "validation")],
@@ -230,6 +230,11 @@ def fit_xgboost_on_codes(train: ZoneCodeMatrix, val: ZoneCodeMatrix, params: XGB
     )
     best = getattr(booster, "best_iteration", None) if params.early_stopping_rounds else None
     return XGBoostModel(booster=one_hot_booster(booster, train), best_iteration=best)
+
+
+def _codes_booster_params(params: XGBoostParams, train: ZoneCodeMatrix, val: ZoneCodeMatrix) -> dict[str, object]:
+    """Every categorical split one-vs-rest (a one-hot split), and the capped histogram cache."""
+    return {**params.booster_params(), "max_cat_to_onehot": max(train.max_code, val.max_code) + 2, "max_cached_hist_node": HIST_CACHE_NODES}
 
 
 def fit_xgboost_on_codes_dask(train: ZoneCodeMatrix, val: ZoneCodeMatrix, params: XGBoostParams, client: object, *, partitions: int) -> XGBoostModel:
@@ -250,18 +255,15 @@ def fit_xgboost_on_codes_dask(train: ZoneCodeMatrix, val: ZoneCodeMatrix, params
         weight = chunked(m.weight) if m.weight is not None else None
         return dxgb.DaskDMatrix(client, chunked(m.X), chunked(m.target), weight=weight, feature_types=list(m.feature_types), enable_categorical=True)
 
-    import xgboost as xgb
-
-    with xgb.config_context(verbosity=0):  # the workers' own lines (each one's rank) are not for the console; xgboost.dask passes this on
-        out = dxgb.train(
-            client,
-            {**params.booster_params(), "max_cat_to_onehot": max(train.max_code, val.max_code) + 2, "max_cached_hist_node": HIST_CACHE_NODES},
-            dmatrix(train),
-            num_boost_round=params.num_boost_round,
-            evals=[(dmatrix(val), "validation")],
-            early_stopping_rounds=params.early_stopping_rounds or None,
-            verbose_eval=False,
-        )
+    out = dxgb.train(
+        client,
+        _codes_booster_params(params, train, val),
+        dmatrix(train),
+        num_boost_round=params.num_boost_round,
+        evals=[(dmatrix(val), "validation")],
+        early_stopping_rounds=params.early_stopping_rounds or None,
+        verbose_eval=False,
+    )
     booster = out["booster"]
     best = getattr(booster, "best_iteration", None) if params.early_stopping_rounds else None
     return XGBoostModel(booster=one_hot_booster(booster, train), best_iteration=best)
