@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 
+import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -78,4 +79,44 @@ def test_dask_mistakes_fail_before_a_model_exists(tlc_dir, state_dir, run_taxifl
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     unreachable = run_taxiflow(*PAIR, "--engine", "dask", "--dask-address", address, env=env)
     assert unreachable.returncode == 1 and f"Dask scheduler {address} did not answer within 10 s" in unreachable.stderr, unreachable.stderr[-2000:]
+    assert registered_versions(state_dir) == []
+
+
+RANGE = ("train", "--taxi", "green", "--train-months", "2023-01..2023-02", "--val-month", "2023-03", "--num-boost-round", "20", "--json")
+
+
+def test_a_range_of_months_trains_as_one_set_in_process_and_as_partitions_on_dask(tlc_dir, state_dir, run_taxiflow):
+    env = {"TAXIFLOW_DATA_DIR": str(tlc_dir)}
+    local = run_taxiflow(*RANGE, env=env)
+    assert local.returncode == 0, local.stderr[-3000:]
+    on_dask = run_taxiflow(*RANGE, "--engine", "dask", env=env)
+    assert on_dask.returncode == 0, on_dask.stderr[-3000:]
+    # Each training month was prepared on a worker (from the prepared cache the local run filled).
+    for month in ("2023-01", "2023-02"):
+        assert f"{month}: kept " in on_dask.stderr and "rows on a worker (from the cache)" in on_dask.stderr, on_dask.stderr[-3000:]
+    first, second = local.json(), on_dask.json()
+    rows_in_files = sum(pq.ParquetFile(tlc_dir / f"green_tripdata_{m}.parquet").metadata.num_rows for m in ("2023-01", "2023-02"))
+    for summary in (first, second):
+        assert summary["train_month"] == "2023-01..2023-02" and summary["val_month"] == "2023-03"
+        assert summary["rows_train_read"] == rows_in_files > summary["rows_train"] > rows_in_files * 0.9
+    assert second["rows_train"] == first["rows_train"]
+    assert abs(second["rmse"] - first["rmse"]) <= 0.02
+    assert first["prepared_from_cache"] == {"2023-01": False, "2023-02": False, "2023-03": False}
+    assert second["prepared_from_cache"] == {"2023-01": True, "2023-02": True, "2023-03": True}
+    client = MlflowClient(f"sqlite:///{state_dir / 'mlflow.db'}")
+    params = client.get_run(second["run_id"]).data.params
+    assert params["train_file"] == "green_tripdata_2023-01.parquet; green_tripdata_2023-02.parquet" and params["engine"] == "dask"
+    assert registered_versions(state_dir) == ["2", "1"]
+
+
+def test_a_bad_month_inside_a_range_fails_on_its_worker_naming_it_and_registers_nothing(tlc_dir, state_dir, run_taxiflow, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for month in ("2023-01", "2023-03"):
+        (data / f"green_tripdata_{month}.parquet").symlink_to(tlc_dir / f"green_tripdata_{month}.parquet")
+    # A readable file of the wrong month: only preparing it (on a worker) finds out.
+    (data / "green_tripdata_2023-02.parquet").symlink_to(tlc_dir / "green_tripdata_2021-02.parquet")
+    result = run_taxiflow(*RANGE, "--engine", "dask", "--source", "local", env={"TAXIFLOW_DATA_DIR": str(data)})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "green_tripdata_2023-02.parquet" in result.stderr and "2021-02" in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert registered_versions(state_dir) == []

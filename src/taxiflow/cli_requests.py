@@ -13,6 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+# Second spellings: `--train-months 2023-01..2023-03` reads better for a range than `--train-month`.
+ALIASES = {"train_month": ("--train-months",)}
+
 
 def option_names(model: type[BaseModel], renamed: dict[str, str]) -> dict[str, str]:
     return {name: renamed.get(name, "--" + name.replace("_", "-")) for name in model.model_fields}
@@ -52,7 +55,8 @@ def add_request_options(parser: argparse.ArgumentParser, model: type[BaseModel],
             parser.add_argument(option, dest=name, action="append", default=argparse.SUPPRESS, metavar="VALUE", help=f"{help_text} (repeatable)")
         else:
             default_note = "" if field.default is None or name in required else f" (default {field.default})"
-            parser.add_argument(option, dest=name, default=argparse.SUPPRESS, required=name in required, metavar=metavar, help=help_text + default_note)
+            spellings = (option, *(a for a in ALIASES.get(name, ()) if option == "--" + name.replace("_", "-")))
+            parser.add_argument(*spellings, dest=name, default=argparse.SUPPRESS, required=name in required, metavar=metavar, help=help_text + default_note)
 
 
 def request_values(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:

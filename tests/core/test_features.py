@@ -143,3 +143,44 @@ def test_plain_numpy_columns_give_the_same_rows_as_a_frame(green_prepared, featu
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert (got != expected).nnz == 0 and np.array_equal(got.indptr, expected.indptr) and np.array_equal(got.indices, expected.indices)
         assert expected.nnz < val.height * len(features), "some pairs are outside the pruned vocabulary: the absent-column path is exercised"
+
+
+@pytest.mark.parametrize("features, min_count", [(("pu_do", "distance"), 1), (("pu_do", "distance"), 2), (("pu", "do", "distance"), 3)])
+def test_a_vocabulary_from_months_counted_apart_is_the_one_fitted_on_them_together(green_prepared, features, min_count):
+    """Dask workers count their months; the merged counts must give the vocabulary of all the rows."""
+    from taxiflow.core.features import count_categories, left_out_categories, merge_category_counts, vocabulary_from_counts
+
+    months = [green_prepared(m).frame for m in ("2023-01", "2023-02", "2023-03")]
+    together = fit_vocabulary(pl.concat(months), features, min_count=min_count)
+    counts = merge_category_counts([count_categories(frame, features) for frame in months])
+    apart = vocabulary_from_counts(counts, min_count=min_count)
+    assert apart.feature_names == together.feature_names and apart.pruned == together.pruned
+    # What is left out is exactly what the vocabulary prunes, counted independently here.
+    left_out = left_out_categories(counts, min_count=min_count)
+    if "pu_do" in features:
+        pairs = pl.concat(months).group_by(PICKUP_ZONE, DROPOFF_ZONE).len()
+        assert left_out["pu_do"].size == pairs.filter(pl.col("len") < min_count).height == together.pruned
+    with pytest.raises(ValueError, match="same features"):
+        merge_category_counts([count_categories(months[0], features), count_categories(months[0], ("pu", "distance"))])
+
+
+def test_partitions_code_each_left_out_category_alike(green_prepared):
+    """A category too rare for the vocabulary gets one code in every partition; one unseen in training gets the code after them."""
+    from taxiflow.core.features import build_zone_code_matrix, count_categories, left_out_categories, merge_category_counts, vocabulary_from_counts
+
+    features = ("pu_do", "distance")
+    jan, feb = green_prepared("2023-01").frame, green_prepared("2023-02").frame
+    counts = merge_category_counts([count_categories(f, features) for f in (jan, feb)])
+    vocabulary, left_out = vocabulary_from_counts(counts, min_count=3), left_out_categories(counts, min_count=3)
+    kept = sum(name.startswith("PU_DO=") for name in vocabulary.feature_names)
+    coded = []
+    for frame in (jan, feb):
+        matrix = build_zone_code_matrix(frame, vocabulary, left_out=left_out)
+        pairs = frame.select(PICKUP_ZONE, DROPOFF_ZONE).with_columns(code=pl.Series(matrix.X[:, matrix.feature_types.index("c")]))
+        coded.append({(pu, do): code for pu, do, code in pairs.filter(pl.col("code") >= kept).unique().iter_rows()})
+    in_both = coded[0].keys() & coded[1].keys()
+    assert in_both and all(coded[0][pair] == coded[1][pair] for pair in in_both), "one code per left-out category in every partition"
+    union = coded[0] | coded[1]
+    assert len(set(union.values())) == len(union) == left_out["pu_do"].size, "no two categories share a code"
+    unseen = pl.DataFrame({PICKUP_ZONE: [999], DROPOFF_ZONE: [999], DISTANCE: [1.0]}, schema_overrides={PICKUP_ZONE: pl.Int32, DROPOFF_ZONE: pl.Int32})
+    assert build_zone_code_matrix(unseen, vocabulary, left_out=left_out).X[0, 0] == kept + left_out["pu_do"].size

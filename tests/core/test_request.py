@@ -16,7 +16,9 @@ def test_the_flow_form_is_the_request_flat_and_typed():
     schema = parameter_schema(train).model_dump()["properties"]
     assert list(schema) == list(TrainRequest.model_fields)
     assert schema["taxi"]["enum"] == ["green", "yellow", "fhv", "fhvhv"]
-    assert schema["train_month"]["pattern"] == r"^\d{4}-(0[1-9]|1[0-2])$"
+    assert schema["val_month"]["pattern"] == r"^\d{4}-(0[1-9]|1[0-2])$"
+    # A training range is one field: the run form takes `2023-01..2023-03` as the CLI's --train-months does.
+    assert schema["train_month"]["pattern"] == r"^\d{4}-(0[1-9]|1[0-2])(\.\.\d{4}-(0[1-9]|1[0-2]))?$"
     assert schema["max_depth"]["anyOf"][0] == {"maximum": 100, "minimum": 1, "type": "integer"}
     assert schema["promotion_margin"]["maximum"] == 60 and schema["promote"]["enum"] == ["auto", "never", "force"]
     assert schema["features"]["items"]["enum"] == ["pu_do", "pu", "do", "distance"]
@@ -29,6 +31,9 @@ def test_every_field_is_a_cli_option_and_only_given_ones_are_passed():
     assert set(NAMES.values()) <= options
     args = train_parser.parse_args(["--train-month", "2023-01", "--val-month", "2023-02", "--features", "pu,do", "--no-collapse-duplicates"])
     assert request_values(args, TrainRequest) == {"train_month": "2023-01", "val_month": "2023-02", "features": ["pu", "do"], "collapse_duplicates": False}
+    ranged = train_parser.parse_args(["--train-months", "2023-01..2023-03", "--val-month", "2023-04"])
+    assert request_values(ranged, TrainRequest) == {"train_month": "2023-01..2023-03", "val_month": "2023-04"}
+    assert validated_request(TrainRequest, request_values(ranged, TrainRequest)).train_months == ("2023-01", "2023-02", "2023-03")
 
 
 @pytest.mark.parametrize(
@@ -38,6 +43,10 @@ def test_every_field_is_a_cli_option_and_only_given_ones_are_passed():
         ({"promotion_margin": "-1"}, "--promotion-margin: expected a number in 0..60, got '-1'"),
         ({"taxi": "blue"}, "--taxi: expected one of green, yellow, fhv or fhvhv, got 'blue'"),
         ({"train_month": "2023-13"}, "--train-month: month must be 01..12, got '2023-13'"),
+        ({"train_month": "2023-01..2023-13"}, "--train-month: month must be 01..12, got '2023-13'"),
+        ({"train_month": "2023-01..2023-02..2023-03"}, "--train-month: expected YYYY-MM or a range YYYY-MM..YYYY-MM, got '2023-01..2023-02..2023-03'"),
+        ({"train_month": "2022-12..2023-02"}, "--val-month (2023-02) must be after --train-month (2023-02)"),
+        ({"engine": "dask", "source": "postgres"}, "--engine dask: the workers read month files"),
         ({"taxi": "fhv"}, "--features: fhv trips have no distance column"),
         ({"promote": "force"}, "--promote force needs --reason: who is forcing it and why"),
         ({"notify": ["webhook:"]}, "notification target 'webhook:'"),

@@ -303,3 +303,41 @@ def test_a_capped_histogram_cache_grows_the_same_model(green_prepared, monkeypat
     # The cap is exercised: these trees have thousands of nodes (~4,400 here), far more than it keeps.
     trees = json.loads(model)["learner"]["gradient_booster"]["model"]["trees"]
     assert min(len(tree["left_children"]) for tree in trees) > 2 * 1024
+
+
+def test_months_encoded_apart_grow_the_model_of_the_months_together(green_prepared):
+    """Dask's path in one process: each month collapsed and coded apart with the merged vocabulary, rows stacked.
+
+    Duplicates across months stay separate weighted rows (same summed gradients), so the trees are
+    the ones grown on the months together up to float summation order.
+    """
+    from taxiflow.core.features import ZoneCodeMatrix, count_categories, merge_category_counts
+    from taxiflow.core.metrics import regression_metrics
+    from taxiflow.core.preparation import combine_prepared
+    from taxiflow.core.request import TrainRequest
+    from taxiflow.core.training import predict_trips
+    from taxiflow.core.training_plan import fit_code_matrix, fit_duration_model, fit_matrix, fit_plan_vocabulary, plan_training, plan_vocabulary_from_counts
+
+    plan = plan_training(TrainRequest(train_month="2023-01..2023-02", val_month="2023-03", num_boost_round=15))
+    months, val = [green_prepared("2023-01"), green_prepared("2023-02")], green_prepared("2023-03")
+    together = combine_prepared(months)
+    assert together.rows_kept == sum(m.rows_kept for m in months) and together.rows_read == sum(m.rows_read for m in months)
+    vocabulary = fit_plan_vocabulary(plan, together)
+    reference = fit_duration_model(plan, fit_matrix(plan, together, vocabulary), fit_matrix(plan, val, vocabulary))
+
+    apart, left_out = plan_vocabulary_from_counts(plan, merge_category_counts([count_categories(m.frame, plan.features) for m in months]))
+    assert apart == vocabulary
+    parts = [fit_code_matrix(plan, m, apart, left_out) for m in months]
+    stacked = ZoneCodeMatrix(
+        X=np.vstack([p.X for p in parts]),
+        y=np.concatenate([p.target for p in parts]),
+        weight=np.concatenate([p.weight for p in parts]),
+        feature_types=parts[0].feature_types,
+        one_hot_columns=parts[0].one_hot_columns,
+        n_columns=parts[0].n_columns,
+    )
+    model = fit_duration_model(plan, stacked, fit_code_matrix(plan, val, apart, left_out))
+    actual = val.frame["duration_min"].to_numpy()
+    expected, got = predict_trips(reference, val.frame, vocabulary), predict_trips(model, val.frame, apart)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    assert abs(regression_metrics(actual, got).rmse - regression_metrics(actual, expected).rmse) < 1e-4

@@ -8,6 +8,7 @@ integer zone columns with numpy gathers: no per-row Python.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,22 +100,79 @@ class FeatureVocabulary:
 _ZONE_RADIX = 1 << 16  # zone IDs are small integers: a tuple of them packs into one int64 key
 
 
-def _category_counts(frame: pl.DataFrame, zone_cols: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Distinct zone tuples among the non-null rows, and how often each occurs.
-
-    Counted on one packed integer key: hashing one int64 column is about twice as fast as hashing
-    the tuple's columns (prepared zones are 1..265, far below the radix).
-    """
+def _packed_zone_key(zone_cols: list[str]) -> pl.Expr:
     key = pl.lit(0, dtype=pl.Int64)
     for c in zone_cols:
         key = key * _ZONE_RADIX + pl.col(c).cast(pl.Int64)
-    counts = frame.select(zone_cols).drop_nulls().group_by(key.alias("key")).len()
-    rest = counts["key"].to_numpy()
-    decoded = []
-    for _ in zone_cols:
+    return key
+
+
+def _unpack_zone_key(keys: np.ndarray, width: int) -> list[np.ndarray]:
+    rest, decoded = keys, []
+    for _ in range(width):
         decoded.append(rest % _ZONE_RADIX)
         rest = rest // _ZONE_RADIX
-    return decoded[::-1], counts["len"].to_numpy()
+    return decoded[::-1]
+
+
+@dataclass(frozen=True)
+class CategoryCounts:
+    """How often each category of each categorical feature occurs in some training rows.
+
+    A category is its zone tuple packed into one int64 (hashing one int64 column is about twice as
+    fast as hashing the tuple's columns; prepared zones are 1..265, far below the radix). Counts of
+    partitions add up (`merge_category_counts`): a vocabulary fitted from partitions' merged counts
+    is the one fitted on their rows together.
+    """
+
+    features: tuple[str, ...]
+    counts: dict[str, tuple[np.ndarray, np.ndarray]]  # categorical feature -> (distinct keys, ascending; their counts)
+
+
+def count_categories(frame: pl.DataFrame, features: tuple[str, ...]) -> CategoryCounts:
+    """The distinct categories among the non-null rows of each categorical feature, and how often each occurs."""
+    counts = {}
+    for feature in features:
+        if feature in _CATEGORICAL_PREFIX:
+            zone_cols = list(_CATEGORICAL_ZONES[feature])
+            grouped = frame.select(zone_cols).drop_nulls().group_by(_packed_zone_key(zone_cols).alias("key")).len().sort("key")
+            counts[feature] = (grouped["key"].to_numpy(), grouped["len"].to_numpy().astype(np.int64))
+    return CategoryCounts(tuple(features), counts)
+
+
+def merge_category_counts(parts: list[CategoryCounts]) -> CategoryCounts:
+    if not parts or any(p.features != parts[0].features for p in parts):
+        raise ValueError("category counts to merge must exist and be of the same features")
+    merged = {}
+    for feature in parts[0].counts:
+        keys = np.concatenate([p.counts[feature][0] for p in parts])
+        counts = np.concatenate([p.counts[feature][1] for p in parts])
+        distinct, index = np.unique(keys, return_inverse=True)
+        merged[feature] = (distinct, np.bincount(index, weights=counts, minlength=distinct.size).astype(np.int64))
+    return CategoryCounts(parts[0].features, merged)
+
+
+def vocabulary_from_counts(counts: CategoryCounts, *, min_count: int = 1) -> FeatureVocabulary:
+    """The one-hot vocabulary of the counted rows: categories seen at least `min_count` times, in DictVectorizer's order."""
+    names: list[str] = []
+    pruned = 0
+    for feature in counts.features:
+        if feature in _CATEGORICAL_PREFIX:
+            keys, seen = counts.counts[feature]
+            keep = seen >= min_count
+            pruned += int((~keep).sum())
+            zones = _unpack_zone_key(keys[keep], len(_CATEGORICAL_ZONES[feature]))
+            labels = ["_".join(map(str, combo)) for combo in zip(*(z.tolist() for z in zones), strict=True)]
+            names.extend(f"{_CATEGORICAL_PREFIX[feature]}={label}" for label in labels)
+        else:
+            names.append(_NUMERIC_NAME[feature])
+    # DictVectorizer orders columns by feature name (string order).
+    return FeatureVocabulary(features=counts.features, feature_names=tuple(sorted(names)), pruned=pruned)
+
+
+def left_out_categories(counts: CategoryCounts, *, min_count: int) -> dict[str, np.ndarray]:
+    """Per categorical feature, the categories `vocabulary_from_counts` leaves out (packed keys, ascending)."""
+    return {feature: keys[seen < min_count] for feature, (keys, seen) in counts.counts.items()}
 
 
 def fit_vocabulary(frame: pl.DataFrame, features: tuple[str, ...], *, min_count: int = 1) -> FeatureVocabulary:
@@ -123,19 +181,7 @@ def fit_vocabulary(frame: pl.DataFrame, features: tuple[str, ...], *, min_count:
     `min_count` > 1 drops categories seen fewer times (fewer columns, faster training);
     1 keeps DictVectorizer's semantics exactly.
     """
-    names: list[str] = []
-    pruned = 0
-    for feature in features:
-        if feature in _CATEGORICAL_PREFIX:
-            zones, counts = _category_counts(frame, list(_CATEGORICAL_ZONES[feature]))
-            keep = counts >= min_count
-            pruned += int((~keep).sum())
-            labels = ["_".join(map(str, combo)) for combo in zip(*(z[keep].tolist() for z in zones), strict=True)]
-            names.extend(f"{_CATEGORICAL_PREFIX[feature]}={label}" for label in labels)
-        else:
-            names.append(_NUMERIC_NAME[feature])
-    # DictVectorizer orders columns by feature name (string order).
-    return FeatureVocabulary(features=tuple(features), feature_names=tuple(sorted(names)), pruned=pruned)
+    return vocabulary_from_counts(count_categories(frame, features), min_count=min_count)
 
 
 WEIGHT = "weight"
@@ -292,6 +338,30 @@ def one_hot_rows(columns: dict[str, np.ndarray], vocabulary: FeatureVocabulary, 
 
 
 @dataclass(frozen=True)
+class ZoneCodeLayout:
+    """What a zone-code fit needs besides the rows: each column's kind and where it sits among the one-hot columns."""
+
+    feature_types: tuple[str, ...]  # "c" categorical, "q" numeric: XGBoost's feature types
+    one_hot_columns: tuple[int, ...]
+    n_columns: int  # the one-hot matrix's width
+
+
+def zone_code_layout(vocabulary: FeatureVocabulary) -> ZoneCodeLayout:
+    names = vocabulary.feature_names
+    types: list[str] = []
+    one_hot: list[int] = []
+    for feature in vocabulary._row_order:
+        if feature in _CATEGORICAL_PREFIX:
+            prefix = _CATEGORICAL_PREFIX[feature] + "="
+            one_hot.append(next((i for i, name in enumerate(names) if name.startswith(prefix)), 0))
+            types.append("c")
+        else:
+            one_hot.append(names.index(_NUMERIC_NAME[feature]))
+            types.append("q")
+    return ZoneCodeLayout(tuple(types), tuple(one_hot), vocabulary.size)
+
+
+@dataclass(frozen=True)
 class ZoneCodeMatrix(_FitRows):
     """The rows an XGBoost fit sees, as XGBoost grows the same trees fastest: one column per feature.
 
@@ -312,40 +382,52 @@ class ZoneCodeMatrix(_FitRows):
     n_columns: int  # the one-hot matrix's width
 
     @property
+    def layout(self) -> ZoneCodeLayout:
+        return ZoneCodeLayout(self.feature_types, self.one_hot_columns, self.n_columns)
+
+    @property
     def max_code(self) -> int:
         codes = [self.X[:, j] for j, kind in enumerate(self.feature_types) if kind == "c"]
         return int(max((c.max() for c in codes if c.size), default=0))
 
 
-def build_zone_code_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary) -> ZoneCodeMatrix | None:
-    """`frame` as a `ZoneCodeMatrix`; None when a feature column holds nulls (then only the one-hot matrix is exact)."""
+def build_zone_code_matrix(frame: pl.DataFrame, vocabulary: FeatureVocabulary, *, left_out: Mapping[str, np.ndarray] | None = None) -> ZoneCodeMatrix | None:
+    """`frame` as a `ZoneCodeMatrix`; None when a feature column holds nulls (then only the one-hot matrix is exact).
+
+    A left-out category's code is its rank among the left-out categories: of this frame's, or, for
+    rows fitted in partitions, of `left_out` (`left_out_categories` of the partitions' merged counts),
+    so that one category has one code in every partition and two never share one. Categories in
+    neither (validation rows) share the code after them.
+    """
     needed = [c for f in vocabulary._row_order for c in (_CATEGORICAL_ZONES.get(f) or (_NUMERIC_COLUMN[f],))]
     if any(frame[c].null_count() for c in needed):
         return None
     names = vocabulary.feature_names
+    layout = zone_code_layout(vocabulary)
     X = np.empty((frame.height, len(vocabulary._row_order)), dtype=np.float32)
-    types: list[str] = []
-    one_hot: list[int] = []
     for j, feature in enumerate(vocabulary._row_order):
         if feature in _CATEGORICAL_PREFIX:
             prefix = _CATEGORICAL_PREFIX[feature] + "="
-            block = [i for i, name in enumerate(names) if name.startswith(prefix)]
-            first = block[0] if block else 0
+            kept = sum(name.startswith(prefix) for name in names)
             zones = [frame[c].to_numpy() for c in _CATEGORICAL_ZONES[feature]]
             column = vocabulary.column_of(feature, zones, np.ones(frame.height, dtype=bool))
-            code = (column - first).astype(np.float32)
-            left_out = column < 0
-            if left_out.any():
-                key = np.zeros(int(left_out.sum()), dtype=np.int64)
+            code = (column - layout.one_hot_columns[j]).astype(np.float32)
+            rows_left_out = column < 0
+            if rows_left_out.any():
+                key = np.zeros(int(rows_left_out.sum()), dtype=np.int64)
                 for z in zones:
-                    key = key * _ZONE_RADIX + z[left_out].astype(np.int64)
-                code[left_out] = len(block) + np.unique(key, return_inverse=True)[1]
+                    key = key * _ZONE_RADIX + z[rows_left_out].astype(np.int64)
+                code[rows_left_out] = kept + (np.unique(key, return_inverse=True)[1] if left_out is None else _rank_in(left_out[feature], key))
             X[:, j] = code
-            types.append("c")
-            one_hot.append(first)
         else:
             X[:, j] = frame[_NUMERIC_COLUMN[feature]].cast(pl.Float32).to_numpy()
-            types.append("q")
-            one_hot.append(names.index(_NUMERIC_NAME[feature]))
     y, weight = _target_and_weight(frame)
-    return ZoneCodeMatrix(X=X, y=y, weight=weight, feature_types=tuple(types), one_hot_columns=tuple(one_hot), n_columns=vocabulary.size)
+    return ZoneCodeMatrix(X=X, y=y, weight=weight, feature_types=layout.feature_types, one_hot_columns=layout.one_hot_columns, n_columns=layout.n_columns)
+
+
+def _rank_in(known: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Each key's position in `known` (ascending); `known.size` for a key not in it."""
+    position = np.searchsorted(known, keys)
+    found = position < known.size
+    found[found] = known[position[found]] == keys[found]
+    return np.where(found, position, known.size)

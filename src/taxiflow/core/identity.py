@@ -58,7 +58,7 @@ def prepared_trips_key(taxi: str, month: str, data_identity: str, columns: list[
     )
 
 
-def training_key(taxi: str, months: tuple[str, str], data_identities: tuple[str, str], options: dict[str, object]) -> str:
+def training_key(taxi: str, months: tuple[str, ...], data_identities: tuple[str, ...], options: dict[str, object]) -> str:
     """The identity of a training run's inputs: data digests, trip type, months, features and parameters, code version (`TRAINING_MODULES`).
 
     Two runs with the same key fit the same model: the second can return the first's.

@@ -36,15 +36,35 @@ class Month:
         return Month(index // 12, index % 12 + 1)
 
 
-def parse_month_pair(train_month: str, val_month: str) -> tuple[Month, Month]:
-    """Parse the training and validation months; validation must come strictly after training."""
-    train = Month.parse(train_month, argument="train_month")
+MAX_TRAIN_MONTHS = 24
+TRAIN_RANGE_SEPARATOR = ".."
+
+
+def parse_training_months(train_month: str, val_month: str) -> tuple[list[Month], Month]:
+    """`train_month` is one month or a range `A..B` (inclusive); validation comes strictly after its last month."""
+    text = train_month.strip() if isinstance(train_month, str) else train_month
+    if isinstance(text, str) and TRAIN_RANGE_SEPARATOR in text:
+        first_text, _, last_text = text.partition(TRAIN_RANGE_SEPARATOR)
+        first, last = Month.parse(first_text, argument="train_month"), Month.parse(last_text, argument="train_month")
+        if last < first:
+            raise InvalidArgumentError(f"train_month: range {text!r} ends before it starts")
+        count = (last.year - first.year) * 12 + last.month - first.month + 1
+        if count > MAX_TRAIN_MONTHS:
+            raise InvalidArgumentError(f"train_month: range {text!r} has {count} months, at most {MAX_TRAIN_MONTHS}")
+        months = [first.shift(i) for i in range(count)]
+    else:
+        months = [Month.parse(text, argument="train_month")]
     val = Month.parse(val_month, argument="val_month")
-    if val <= train:
+    if val <= months[-1]:
         raise InvalidArgumentError(
-            f"val_month ({val}) must be after train_month ({train}): a model is validated on data from after the period it was trained on"
+            f"val_month ({val}) must be after train_month ({months[-1]}): a model is validated on data from after the period it was trained on"
         )
-    return train, val
+    return months, val
+
+
+def last_training_month(train_month: str) -> str:
+    """The newest month a model was trained on (`2023-03` of `2023-01..2023-03`): a drift check's reference."""
+    return train_month.rpartition(TRAIN_RANGE_SEPARATOR)[2].strip()
 
 
 def parse_month_range(text: str, *, argument: str = "months", limit: int = 240) -> list[Month]:

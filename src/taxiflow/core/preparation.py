@@ -41,6 +41,18 @@ class PreparedTrips:
         return self.frame.height
 
 
+def combine_prepared(parts: list[PreparedTrips]) -> PreparedTrips:
+    """Several months' prepared trips as one training set: rows in month order, drops summed by reason."""
+    if len(parts) == 1:
+        return parts[0]
+    dropped: dict[str, int] = {}
+    for part in parts:
+        for reason, rows in part.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + rows
+    # Canonical columns (`_coerce`): every month's frame has the same schema, whatever its file stored.
+    return PreparedTrips(pl.concat([p.frame for p in parts], how="vertical", rechunk=False), sum(p.rows_read for p in parts), dropped)
+
+
 def _passing_rows(frame: pl.DataFrame, checks: list) -> tuple[pl.Series, dict[str, int]]:
     """Which rows pass every check, and how many fail by first failed reason (in the checks' order)."""
     valid = frame.select(pl.all_horizontal([expr.fill_null(False) for _, expr in checks]) if checks else pl.lit(True))[:, 0]

@@ -19,13 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from taxiflow.core.backfill import BackfillMode, MonthPair, month_pairs
 from taxiflow.core.errors import InvalidArgumentError
 from taxiflow.core.feature_names import parse_features, required_columns
-from taxiflow.core.months import Month, parse_month_pair
+from taxiflow.core.months import MAX_TRAIN_MONTHS, Month, parse_training_months
 from taxiflow.core.notification_targets import parse_target
 from taxiflow.core.schema import check_fields_available
 from taxiflow.core.xgboost_params import XGBoostParams
 
 MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 MonthText = Annotated[str, Field(pattern=MONTH_PATTERN, description="YYYY-MM")]
+_MONTH = MONTH_PATTERN.strip("^$")
+TRAIN_MONTHS_PATTERN = rf"^{_MONTH}(\.\.{_MONTH})?$"
 TaxiType = Literal["green", "yellow", "fhv", "fhvhv"]
 SourceChoice = Literal["auto", "local", "tlc", "s3"]
 TrainSourceChoice = Literal["auto", "local", "tlc", "s3", "postgres"]
@@ -38,12 +40,16 @@ _XGB = XGBoostParams()
 
 
 class TrainRequest(BaseModel):
-    """One training run: train on `train_month`, validate on `val_month`, register, gate."""
+    """One training run: train on `train_month` (one month or a range), validate on `val_month`, register, gate."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     taxi: TaxiType = Field("green", description="trip type")
-    train_month: MonthText = Field("2023-01", description="YYYY-MM: the month to train on")
+    train_month: str = Field(
+        "2023-01",
+        pattern=TRAIN_MONTHS_PATTERN,
+        description=f"YYYY-MM: the month to train on; or YYYY-MM..YYYY-MM: every month of the range (at most {MAX_TRAIN_MONTHS})",
+    )
     val_month: MonthText = Field("2023-02", description="YYYY-MM, after train_month: the month to validate on")
     data_dir: str | None = Field(None, description="directory of TLC-named parquet files (default: ./data, or TAXIFLOW_DATA_DIR)")
     source: TrainSourceChoice = Field(
@@ -97,13 +103,15 @@ class TrainRequest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainRequest:
-        parse_month_pair(self.train_month, self.val_month)
+        parse_training_months(self.train_month, self.val_month)
         features = parse_features(self.features)
         check_fields_available(self.taxi, required_columns(features), what="features")
         if self.promote == "force" and not (self.promotion_reason or "").strip():
             raise InvalidArgumentError("promote force needs promotion_reason: who is forcing it and why")
         if self.engine == "dask" and self.model != "xgboost":
             raise InvalidArgumentError(f"engine dask fits XGBoost (xgboost.dask): model {self.model} fits in this process; use engine local")
+        if self.engine == "dask" and self.source == "postgres":
+            raise InvalidArgumentError("engine dask: the workers read month files; months from source postgres are read in this process (use engine local)")
         if self.dask_address and self.engine != "dask":
             raise InvalidArgumentError("dask_address is for engine dask")
         if self.notify:
@@ -114,6 +122,11 @@ class TrainRequest(BaseModel):
     @property
     def feature_set(self) -> tuple[str, ...]:
         return parse_features(self.features)
+
+    @property
+    def train_months(self) -> tuple[str, ...]:
+        """The months trained on, in order (one, or each of a range)."""
+        return tuple(str(m) for m in parse_training_months(self.train_month, self.val_month)[0])
 
     def with_params(self, values: Mapping[str, float | int]) -> TrainRequest:
         """This request with a params file's values under the parameters it sets itself (those win)."""
@@ -285,11 +298,16 @@ def validated_request(model: type[BaseModel], values: dict[str, Any], *, option_
                 problems.append(_spelled(str(cause), names))
                 continue
             given = error.get("input")
-            if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == MONTH_PATTERN:
+            pattern = error.get("ctx", {}).get("pattern")
+            if error["type"] == "string_pattern_mismatch" and pattern in (MONTH_PATTERN, TRAIN_MONTHS_PATTERN):
                 try:  # the month parser says what is wrong with it (format, month 13, before 2009)
-                    Month.parse(str(given), argument=label)
+                    for part in str(given).split("..") if pattern == TRAIN_MONTHS_PATTERN else [str(given)]:
+                        Month.parse(part, argument=label)
                 except InvalidArgumentError as month_error:
                     problems.append(str(month_error))
+                    continue
+                if pattern == TRAIN_MONTHS_PATTERN:
+                    problems.append(f"{label}: expected YYYY-MM or a range YYYY-MM..YYYY-MM, got {given!r}")
                     continue
             expected = _expected(model, field, error)
             if expected is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,32 @@ class MonthFacts:
     rows_read: int
     rows_kept: int
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    parts: tuple[MonthFacts, ...] = ()  # the months of a range (`combine_month_facts`), each as its own facts
+
+
+FILE_SEPARATOR = "; "
+
+
+def combine_month_facts(label: str, months: list[MonthFacts]) -> MonthFacts:
+    """The facts of a training range (`2023-01..2023-03`) from its months': rows and drops summed, files listed.
+
+    Its sha256 is the sha256 of the months' digests in order: the range's content identity.
+    """
+    if len(months) == 1:
+        return months[0]
+    dropped: dict[str, int] = {}
+    for month in months:
+        for reason, rows in month.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + rows
+    return MonthFacts(
+        month=label,
+        file=FILE_SEPARATOR.join(m.file for m in months),
+        sha256=hashlib.sha256("".join(m.sha256 for m in months).encode()).hexdigest(),
+        rows_read=sum(m.rows_read for m in months),
+        rows_kept=sum(m.rows_kept for m in months),
+        dropped=dropped,
+        parts=tuple(months),
+    )
 
 
 @dataclass(frozen=True)
@@ -74,8 +101,8 @@ class TrainingFacts:
 
 
 def _file_name(file: str) -> str:
-    """A file's name (not where it was on this machine); a month from a database as its description says it."""
-    return file.rsplit("/", 1)[-1] if file.endswith(".parquet") else file
+    """A file's name (not where it was on this machine); a month from a database as its description says it; a range's files each so."""
+    return FILE_SEPARATOR.join(f.rsplit("/", 1)[-1] if f.endswith(".parquet") else f for f in file.split(FILE_SEPARATOR))
 
 
 @dataclass(frozen=True)
@@ -129,7 +156,7 @@ def training_summary(facts: TrainingFacts, registered: RegisteredModel, tracking
 def data_quality_rows(facts: TrainingFacts) -> list[dict[str, object]]:
     """One row per (split, reason): how much each month lost and why (a Prefect table artifact)."""
     rows = []
-    for split, month in (("train", facts.train), ("validation", facts.val)):
+    for split, month in (*(("train", m) for m in facts.train.parts or (facts.train,)), ("validation", facts.val)):
         for reason, n in month.dropped.items():
             rows.append({"split": split, "month": month.month, "reason": reason, "rows": n, "share": f"{n / month.rows_read:.3%}"})
         rows.append({"split": split, "month": month.month, "reason": "kept", "rows": month.rows_kept, "share": f"{month.rows_kept / month.rows_read:.3%}"})

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import polars as pl
     import xgboost as xgb  # imported where used: importing this module must stay cheap
 
-    from taxiflow.core.features import ZoneCodeMatrix
+    from taxiflow.core.features import ZoneCodeLayout, ZoneCodeMatrix
 
 
 ModelKind = Literal["xgboost", "linear"]
@@ -220,7 +220,7 @@ def fit_xgboost_on_codes(train: ZoneCodeMatrix, val: ZoneCodeMatrix, params: XGB
         return xgb.DMatrix(m.X, label=m.target, weight=m.weight, feature_types=list(m.feature_types), enable_categorical=True)
 
     booster = xgb.train(
-        _codes_booster_params(params, train, val),
+        _codes_booster_params(params, max(train.max_code, val.max_code)),
         dmatrix(train),
         num_boost_round=params.num_boost_round,
         evals=[(dmatrix(val), "validation")],
@@ -229,47 +229,61 @@ def fit_xgboost_on_codes(train: ZoneCodeMatrix, val: ZoneCodeMatrix, params: XGB
         callbacks=callbacks or None,
     )
     best = getattr(booster, "best_iteration", None) if params.early_stopping_rounds else None
-    return XGBoostModel(booster=one_hot_booster(booster, train), best_iteration=best)
+    return XGBoostModel(booster=one_hot_booster(booster, train.layout), best_iteration=best)
 
 
-def _codes_booster_params(params: XGBoostParams, train: ZoneCodeMatrix, val: ZoneCodeMatrix) -> dict[str, object]:
+def _codes_booster_params(params: XGBoostParams, max_code: int) -> dict[str, object]:
     """Every categorical split one-vs-rest (a one-hot split), and the capped histogram cache."""
-    return {**params.booster_params(), "max_cat_to_onehot": max(train.max_code, val.max_code) + 2, "max_cached_hist_node": HIST_CACHE_NODES}
+    return {**params.booster_params(), "max_cat_to_onehot": max_code + 2, "max_cached_hist_node": HIST_CACHE_NODES}
 
 
-def fit_xgboost_on_codes_dask(train: ZoneCodeMatrix, val: ZoneCodeMatrix, params: XGBoostParams, client: object, *, partitions: int) -> XGBoostModel:
-    """`fit_xgboost_on_codes` with xgboost.dask: the rows in `partitions` chunks on the cluster's workers, one model.
+@dataclass(frozen=True)
+class DaskCodes:
+    """Zone codes held by a Dask cluster's workers: dask arrays over their partitions (`io.dask_partitions`)."""
+
+    X: object
+    y: object
+    weight: object | None
+    layout: ZoneCodeLayout
+    max_code: int
+
+
+def fit_xgboost_on_dask_codes(train: DaskCodes, val: ZoneCodeMatrix, params: XGBoostParams, client: object) -> XGBoostModel:
+    """`fit_xgboost_on_codes` with xgboost.dask: the training rows where they are on the cluster's workers, one model.
 
     Each worker builds its histograms on its rows and XGBoost sums them (allreduce) before every split,
     so the trees are grown from the same statistics as in one process. On the real pair the RMSE is
-    the single-process one to 16 digits (tests/test_cli_dask.py allows 0.02).
+    the single-process one to 16 digits (tests/test_cli_dask.py allows 0.02). The validation month
+    (this process holds it: it is evaluated here) goes to the workers in as many chunks.
     """
     import dask.array as da
     import xgboost.dask as dxgb
+
+    partitions = max(1, len(client.scheduler_info()["workers"]))  # type: ignore[attr-defined]
 
     def chunked(values: np.ndarray):
         rows = max(1, -(-values.shape[0] // partitions))
         return da.from_array(values, chunks=(rows, *values.shape[1:]))
 
-    def dmatrix(m: ZoneCodeMatrix):
-        weight = chunked(m.weight) if m.weight is not None else None
-        return dxgb.DaskDMatrix(client, chunked(m.X), chunked(m.target), weight=weight, feature_types=list(m.feature_types), enable_categorical=True)
-
+    types = list(train.layout.feature_types)
+    validation = dxgb.DaskDMatrix(
+        client, chunked(val.X), chunked(val.target), weight=None if val.weight is None else chunked(val.weight), feature_types=types, enable_categorical=True
+    )
     out = dxgb.train(
         client,
-        _codes_booster_params(params, train, val),
-        dmatrix(train),
+        _codes_booster_params(params, max(train.max_code, val.max_code)),
+        dxgb.DaskDMatrix(client, train.X, train.y, weight=train.weight, feature_types=types, enable_categorical=True),
         num_boost_round=params.num_boost_round,
-        evals=[(dmatrix(val), "validation")],
+        evals=[(validation, "validation")],
         early_stopping_rounds=params.early_stopping_rounds or None,
         verbose_eval=False,
     )
     booster = out["booster"]
     best = getattr(booster, "best_iteration", None) if params.early_stopping_rounds else None
-    return XGBoostModel(booster=one_hot_booster(booster, train), best_iteration=best)
+    return XGBoostModel(booster=one_hot_booster(booster, train.layout), best_iteration=best)
 
 
-def one_hot_booster(booster: xgb.Booster, codes: ZoneCodeMatrix) -> xgb.Booster:
+def one_hot_booster(booster: xgb.Booster, codes: ZoneCodeLayout) -> xgb.Booster:
     """A booster grown on `codes` as the booster over the one-hot columns it equals (same trees, same predictions).
 
     A one-vs-rest split "code == c goes right, any other code left" is the one-hot split on column

@@ -14,6 +14,7 @@ import numpy as np
 
 from taxiflow.core.errors import InvalidArgumentError
 from taxiflow.core.features import (
+    CategoryCounts,
     FeatureMatrix,
     FeatureVocabulary,
     ZoneCodeMatrix,
@@ -21,6 +22,8 @@ from taxiflow.core.features import (
     build_zone_code_matrix,
     collapse_duplicate_rows,
     fit_vocabulary,
+    left_out_categories,
+    vocabulary_from_counts,
 )
 from taxiflow.core.metrics import RegressionMetrics, regression_metrics
 from taxiflow.core.preparation import PreparedTrips
@@ -29,6 +32,7 @@ from taxiflow.core.schema import DURATION
 from taxiflow.core.summary import MonthFacts, TrainingFacts
 from taxiflow.core.training import (
     FEATURE_DTYPE,
+    DaskCodes,
     DurationModel,
     LinearModel,
     XGBoostModel,
@@ -36,7 +40,7 @@ from taxiflow.core.training import (
     fit_linear,
     fit_xgboost,
     fit_xgboost_on_codes,
-    fit_xgboost_on_codes_dask,
+    fit_xgboost_on_dask_codes,
     fits_collapsed_rows,
     predict_trips,
     vocabulary_min_count,
@@ -96,6 +100,11 @@ def fit_plan_vocabulary(plan: TrainingPlan, train: PreparedTrips) -> FeatureVoca
     return fit_vocabulary(train.frame, plan.features, min_count=plan.min_count_applied)
 
 
+def plan_vocabulary_from_counts(plan: TrainingPlan, counts: CategoryCounts) -> tuple[FeatureVocabulary, dict[str, np.ndarray]]:
+    """`fit_plan_vocabulary` from partitions' merged category counts, and the categories it leaves out (their codes' order)."""
+    return vocabulary_from_counts(counts, min_count=plan.min_count_applied), left_out_categories(counts, min_count=plan.min_count_applied)
+
+
 FitMatrix = FeatureMatrix | ZoneCodeMatrix
 
 
@@ -105,6 +114,12 @@ def fit_matrix(plan: TrainingPlan, prepared: PreparedTrips, vocabulary: FeatureV
     if plan.zone_codes and (codes := build_zone_code_matrix(frame, vocabulary)) is not None:
         return codes
     return build_feature_matrix(frame, vocabulary, FEATURE_DTYPE[plan.model])
+
+
+def fit_code_matrix(plan: TrainingPlan, prepared: PreparedTrips, vocabulary: FeatureVocabulary, left_out: dict[str, np.ndarray]) -> ZoneCodeMatrix | None:
+    """`fit_matrix`'s zone codes for rows fitted in partitions: left-out categories coded as in every other partition."""
+    frame = collapse_duplicate_rows(prepared.frame, vocabulary.features) if plan.collapse else prepared.frame
+    return build_zone_code_matrix(frame, vocabulary, left_out=left_out)
 
 
 def fit_duration_model(plan: TrainingPlan, train: FitMatrix, val: FitMatrix, *, callbacks: list | None = None) -> DurationModel:
@@ -117,13 +132,11 @@ def fit_duration_model(plan: TrainingPlan, train: FitMatrix, val: FitMatrix, *, 
     return fit_xgboost(train.X, train.target, val.X, val.target, plan.params, weight_train=train.weight, weight_val=val.weight, callbacks=callbacks)
 
 
-def fit_duration_model_on_dask(plan: TrainingPlan, train: FitMatrix, val: FitMatrix, client: object, *, workers: int) -> DurationModel:
-    """`fit_duration_model`'s XGBoost model, fitted by xgboost.dask on `client`'s cluster, rows split across `workers`."""
-    if not (isinstance(train, ZoneCodeMatrix) and isinstance(val, ZoneCodeMatrix)):
-        raise InvalidArgumentError(
-            "engine dask fits on zone codes: keep min_count at most what XGBoost can split (the default), and the feature columns without nulls"
-        )
-    return fit_xgboost_on_codes_dask(train, val, plan.params, client, partitions=workers)
+def fit_duration_model_on_dask(plan: TrainingPlan, train: DaskCodes, val: ZoneCodeMatrix, client: object) -> DurationModel:
+    """`fit_duration_model`'s XGBoost model, fitted by xgboost.dask on `client`'s cluster from rows already on its workers."""
+    if plan.model != "xgboost" or not plan.zone_codes:
+        raise InvalidArgumentError("engine dask fits XGBoost on zone codes: keep min_count at most what XGBoost can split (the default)")
+    return fit_xgboost_on_dask_codes(train, val, plan.params, client)
 
 
 @dataclass(frozen=True)

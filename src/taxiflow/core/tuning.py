@@ -102,7 +102,7 @@ def describe_space(space: SearchSpace) -> dict[str, dict[str, object]]:
     return {r.name: r.describe() for r in space}
 
 
-def study_name(*, taxi: str, train_month: str, val_month: str, data: tuple[str, str], setup: Mapping[str, object], space: SearchSpace) -> str:
+def study_name(*, taxi: str, train_month: str, val_month: str, data: tuple[str, ...], setup: Mapping[str, object], space: SearchSpace) -> str:
     """One study per search problem: the same months (by content), setup and space continue the same study.
 
     Resuming is then automatic and safe: a rerun after an interruption adds trials to the study it

@@ -130,7 +130,7 @@ def _reference(
     scoring: ScoringModel, request: ScoreRequest, source: MonthSource | None, local_dir: str | None, cache_dir: str
 ) -> tuple[ScoredMonth | None, str | None]:
     """The training month scored with the same model, or why the drift check has no reference."""
-    month, taxi = scoring.train_month, scoring.taxi or request.taxi
+    month, taxi = scoring.reference_month, scoring.taxi or request.taxi
     if not month:
         return None, f"{scoring.name} v{scoring.version} has no train_month tag"
     try:
@@ -171,7 +171,7 @@ def run_scoring(request: ScoreRequest, settings: TaxiflowSettings) -> dict:
 
     metrics = scored.metrics
     rmse = metrics.rmse if metrics is not None else None
-    reference_label = f"{scoring.taxi or request.taxi} {scoring.train_month} (v{scoring.version}'s training month)"
+    reference_label = f"{scoring.taxi or request.taxi} {scoring.reference_month} (v{scoring.version}'s training month)"
     current_label = f"{request.taxi} {request.month}"
     report = None
     if reference is not None:
@@ -187,7 +187,7 @@ def run_scoring(request: ScoreRequest, settings: TaxiflowSettings) -> dict:
         drift = report.summary()
         logger.info(
             "drift vs %s: %s (%d of %d columns: %s)",
-            scoring.train_month,
+            scoring.reference_month,
             "DATASET DRIFT" if report.dataset_drift else "no dataset drift",
             len(report.drifted_columns),
             len(report.columns),
@@ -201,7 +201,7 @@ def run_scoring(request: ScoreRequest, settings: TaxiflowSettings) -> dict:
         "month": request.month,
         "model_name": scoring.name,
         "model_version": scoring.version,
-        "reference_month": scoring.train_month,
+        "reference_month": scoring.reference_month,
         "rows_read": scored.rows_read,
         "rows_scored": scored.rows_scored,
         "rows_skipped": scored.skipped,
@@ -237,7 +237,7 @@ def run_scoring(request: ScoreRequest, settings: TaxiflowSettings) -> dict:
             columns_checked=len(report.columns),
             share_drifted=report.share_drifted,
             drift_share=report.drift_share,
-            reference_month=scoring.train_month,
+            reference_month=scoring.reference_month,
             rows_scored=scored.rows_scored,
             rmse=rmse,
             reference_rmse=scoring.rmse,

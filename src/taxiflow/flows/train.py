@@ -11,29 +11,31 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from taxiflow.core.errors import DataFileError
-from taxiflow.core.features import FeatureVocabulary, required_columns
-from taxiflow.core.identity import prepared_trips_key, training_key
+from taxiflow.core.errors import DataFileError, InvalidArgumentError
+from taxiflow.core.features import FeatureVocabulary
+from taxiflow.core.identity import training_key
 from taxiflow.core.messages import DriftEvent, LifecycleEvent
-from taxiflow.core.months import Month
-from taxiflow.core.preparation import PreparedTrips, prepare_trips
+from taxiflow.core.preparation import PreparedTrips, combine_prepared
 from taxiflow.core.report import render_training_report
 from taxiflow.core.request import TrainRequest, flow_docstring, flow_signature, validated_request
-from taxiflow.core.schema import DROPOFF_AT, PICKUP_AT, layout_for
-from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, data_quality_rows, training_summary
+from taxiflow.core.summary import MonthFacts, RegisteredModel, TrainingFacts, combine_month_facts, data_quality_rows, training_summary
 from taxiflow.core.training import DurationModel
 from taxiflow.core.training_plan import (
     Evaluation,
     FitMatrix,
     TrainingPlan,
     evaluate_duration_model,
+    fit_code_matrix,
     fit_duration_model,
     fit_duration_model_on_dask,
     fit_matrix,
@@ -47,13 +49,12 @@ from taxiflow.flows.lifecycle import GateResult, commit_with_decision, evaluate_
 from taxiflow.flows.worker_bond import exit_with_worker
 from taxiflow.io.failpoints import failpoint
 from taxiflow.io.month_cache import MonthCache, TripFile
-from taxiflow.io.prepared_cache import PreparedTripsCache
+from taxiflow.io.prepared_months import prepare_trip_file
 from taxiflow.io.progress import xgboost_fit_progress
 from taxiflow.io.registry import ModelRegistry, promotion_lock
 from taxiflow.io.sources import HttpSource, MonthSource, RetryPolicy, S3Source
 from taxiflow.io.tracking import SUMMARY_TAG, TrackingStore, mlflow_run_url, mlflow_version_url, redact_uri
 from taxiflow.io.trip_files import get_month_file
-from taxiflow.io.trip_tables import read_trip_table
 from taxiflow.io.tuning import load_params_file
 from taxiflow.jobs.notify import current_flow_run_url, notify_run_state, send_event
 from taxiflow.settings import TaxiflowSettings, load_settings
@@ -133,28 +134,26 @@ def get_month(taxi: str, month: str, source: MonthSource | None, data_dir: str |
     return trip_file
 
 
+def _read_sql_month(trip_file: TripFile) -> Callable[[list[str]], pa.Table]:
+    def read(columns: list[str]) -> pa.Table:
+        from taxiflow.io.trips_sql import read_month
+
+        table, load = read_month(_postgres_url(load_settings()), trip_file.taxi, trip_file.month, columns)
+        if f"{SQL_IDENTITY_PREFIX}{load.load_id}" != trip_file.sha256:
+            raise DataFileError(f"{trip_file.path} was reloaded during this run (load {load.load_id}); expected the load it started with: run again")
+        return table
+
+    return read
+
+
 # Prefect's own caching is off: prepared months are cached by identity, as verified parquet (io/prepared_cache.py).
 @task(task_run_name="prepare-{trip_file.month}", cache_policy=NO_CACHE)
 def prepare_month(
     trip_file: TripFile, features: tuple[str, ...], month_window_days: int | None, prepared_dir: str, refresh: bool
 ) -> tuple[PreparedTrips, bool]:
     """The month's prepared trips, and whether they came from the cache."""
-    columns = [PICKUP_AT, DROPOFF_AT, *required_columns(features)]
-
-    def prepare() -> PreparedTrips:
-        if trip_file.origin == "postgres":
-            from taxiflow.io.trips_sql import read_month
-
-            table, load = read_month(_postgres_url(load_settings()), trip_file.taxi, trip_file.month, columns)
-            if f"{SQL_IDENTITY_PREFIX}{load.load_id}" != trip_file.sha256:
-                raise DataFileError(f"{trip_file.path} was reloaded during this run (load {load.load_id}); expected the load it started with: run again")
-        else:
-            table = read_trip_table(trip_file.path, layout_for(trip_file.taxi), columns)
-        return prepare_trips(table, source=trip_file.path, month=Month.parse(trip_file.month), month_window_days=month_window_days)
-
-    key = prepared_trips_key(trip_file.taxi, trip_file.month, trip_file.sha256, columns, month_window_days)
-    cache = PreparedTripsCache(Path(prepared_dir))
-    prepared, hit = cache.get_or_prepare(key, taxi=trip_file.taxi, month=trip_file.month, data_identity=trip_file.sha256, prepare=prepare, refresh=refresh)
+    read = _read_sql_month(trip_file) if trip_file.origin == "postgres" else None
+    prepared, hit, key = prepare_trip_file(trip_file, features, month_window_days, prepared_dir, refresh, read=read)
     get_run_logger().info(
         "%s: kept %d of %d rows; dropped %s (%s)",
         trip_file.month,
@@ -201,14 +200,76 @@ def build_features(plan: TrainingPlan, prepared: PreparedTrips, vocabulary: Feat
     return features
 
 
-@task(cache_policy=NO_CACHE)
-def fit_model(plan: TrainingPlan, train: FitMatrix, val: FitMatrix, dask_address: str | None = None) -> DurationModel:
-    if plan.engine == "dask":
-        from taxiflow.io.dask_cluster import dask_client
+def get_months(request: TrainRequest, settings: TaxiflowSettings, months: tuple[str, ...]) -> list[TripFile]:
+    """Every month of a run, fetched concurrently: their digests identify the run before anything is prepared."""
+    local_dir, source, cache_dir = month_inputs(request, settings)
+    if request.source == "postgres":
+        futures = [get_month_from_sql.submit(request.taxi, month, settings) for month in months]
+    else:
+        futures = [get_month.submit(request.taxi, month, source, local_dir, cache_dir) for month in months]
+    return [f.result() for f in futures]
 
-        with dask_client(dask_address) as (client, workers):
-            get_run_logger().info("fitting on Dask: %d worker(s) at %s", workers, dask_address or "a local cluster")
-            return fit_duration_model_on_dask(plan, train, val, client, workers=workers)
+
+def prepare_months(plan: TrainingPlan, files: list[TripFile], settings: TaxiflowSettings, refresh: bool) -> list[tuple[PreparedTrips, bool]]:
+    futures = [prepare_month.submit(f, plan.features, plan.month_window_days, str(settings.prepared_dir()), refresh) for f in files]
+    return [f.result() for f in futures]
+
+
+@dataclass(frozen=True)
+class TrainingMonths:
+    """A run's training rows (one month or a range, as one set) and its validation month, prepared."""
+
+    train: PreparedTrips
+    val: PreparedTrips
+    train_facts: MonthFacts
+    val_facts: MonthFacts
+    from_cache: dict[str, bool]
+
+
+def prepare_training_months(plan: TrainingPlan, label: str, files: list[TripFile], settings: TaxiflowSettings, refresh: bool) -> TrainingMonths:
+    """`files`' months prepared (in parallel, through the cache); all but the last are the training set, the last validates."""
+    prepared = prepare_months(plan, files, settings, refresh)
+    facts = [_month_facts(f, trips) for f, (trips, _) in zip(files, prepared, strict=True)]
+    return TrainingMonths(
+        train=combine_prepared([trips for trips, _ in prepared[:-1]]),
+        val=prepared[-1][0],
+        train_facts=combine_month_facts(label, facts[:-1]),
+        val_facts=facts[-1],
+        from_cache={f.month: hit for f, (_, hit) in zip(files, prepared, strict=True)},
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def fit_model_on_dask(
+    plan: TrainingPlan, label: str, train_files: list[TripFile], val: PreparedTrips, dask_address: str | None, prepared_dir: str, refresh: bool
+) -> tuple[DurationModel, FeatureVocabulary, MonthFacts, dict[str, bool]]:
+    """Training months prepared and encoded on the Dask workers (`io.dask_partitions`), fitted there by xgboost.dask."""
+    from taxiflow.io.dask_cluster import dask_client
+    from taxiflow.io.dask_partitions import place_training_months
+
+    logger = get_run_logger()
+    with dask_client(dask_address) as (client, workers):
+        logger.info("fitting on Dask: %d worker(s) at %s", workers, dask_address or "a local cluster")
+        placed = place_training_months(client, plan, train_files, prepared_dir, refresh)
+        for month in placed.months:
+            logger.info(
+                "%s: kept %d of %d rows on a worker (%s)",
+                month.month,
+                month.rows_kept,
+                month.rows_read,
+                "from the cache" if month.from_cache else "prepared now",
+            )
+        logger.info("vocabulary: %d columns from %d month(s)' counts", placed.vocabulary.size, len(placed.months))
+        val_codes = fit_code_matrix(plan, val, placed.vocabulary, placed.left_out)
+        if val_codes is None:
+            raise InvalidArgumentError("engine dask fits on zone codes: the validation month's feature columns must hold no nulls (fit with engine local)")
+        model = fit_duration_model_on_dask(plan, placed.codes, val_codes, client)
+    facts = [MonthFacts(f.month, f.path, f.sha256, m.rows_read, m.rows_kept, m.dropped) for f, m in zip(train_files, placed.months, strict=True)]
+    return model, placed.vocabulary, combine_month_facts(label, facts), {m.month: m.from_cache for m in placed.months}
+
+
+@task(cache_policy=NO_CACHE)
+def fit_model(plan: TrainingPlan, train: FitMatrix, val: FitMatrix) -> DurationModel:
     callbacks = xgboost_fit_progress(plan.params.num_boost_round) if plan.model == "xgboost" else []
     return fit_duration_model(plan, train, val, callbacks=callbacks)
 
@@ -314,7 +375,7 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
         request = request.with_params(values)
         get_run_logger().info("XGBoost parameters from %s (options given to this run win): %s", path, values)
     plan = plan_training(request)
-    months = (request.train_month, request.val_month)
+    months = (*request.train_months, request.val_month)
     model_name = request.model_name or settings.model_name
     store = tracking_store(settings, request.experiment_name)
     check_tracking_store(store, model_name)
@@ -323,29 +384,34 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
     zones_dir = str(request.data_dir or settings.data_dir) if request.source == "postgres" else local_dir
     zones = get_zone_boroughs.submit(zones_dir, source if isinstance(source, HttpSource) else None, cache_dir)
 
-    # Both months are fetched concurrently; their digests identify the run before anything is prepared.
-    if request.source == "postgres":
-        files = [get_month_from_sql.submit(request.taxi, month, settings) for month in months]
-    else:
-        files = [get_month.submit(request.taxi, month, source, local_dir, cache_dir) for month in months]
-    train_file, val_file = (f.result() for f in files)
-    key = training_key(request.taxi, months, (train_file.sha256, val_file.sha256), plan.identity())
+    files = get_months(request, settings, months)
+    key = training_key(request.taxi, months, tuple(f.sha256 for f in files), plan.identity())
     if not request.retrain and (previous := find_identical_run(store, model_name, key)) is not None:
         return previous | {"cached": True, "seconds": {"flow": time.perf_counter() - started, "fit": 0.0}}
-    prepared_futures = [
-        prepare_month.submit(f, plan.features, plan.month_window_days, str(settings.prepared_dir()), request.refresh) for f in (train_file, val_file)
-    ]
-    (train_trips, train_hit), (val_trips, val_hit) = (p.result() for p in prepared_futures)
 
-    vocabulary = fit_feature_vocabulary(plan, train_trips)
-    train_matrix = build_features.submit(plan, train_trips, vocabulary, "train")
-    val_matrix = build_features.submit(plan, val_trips, vocabulary, "val")
-    x_train, x_val = train_matrix.result(), val_matrix.result()
-    fit_started = time.perf_counter()
-    fitted = fit_model(plan, x_train, x_val, request.dask_address)
-    fit_seconds = time.perf_counter() - fit_started
+    if plan.engine == "dask":
+        # The training months are read on the workers; the validation month here (it is evaluated here).
+        [(val_trips, val_hit)] = prepare_months(plan, files[-1:], settings, request.refresh)
+        fit_started = time.perf_counter()
+        fitted, vocabulary, train_facts, from_cache = fit_model_on_dask(
+            plan, request.train_month, files[:-1], val_trips, request.dask_address, str(settings.prepared_dir()), request.refresh
+        )
+        fit_seconds = time.perf_counter() - fit_started
+        val_facts, from_cache = _month_facts(files[-1], val_trips), from_cache | {files[-1].month: val_hit}
+    else:
+        data = prepare_training_months(plan, request.train_month, files, settings, request.refresh)
+        val_trips, train_facts, val_facts, from_cache = data.val, data.train_facts, data.val_facts, data.from_cache
+        vocabulary = fit_feature_vocabulary(plan, data.train)
+        train_matrix = build_features.submit(plan, data.train, vocabulary, "train")
+        val_matrix = build_features.submit(plan, val_trips, vocabulary, "val")
+        x_train, x_val = train_matrix.result(), val_matrix.result()
+        del data, train_matrix  # the training rows are not needed past the fit
+        fit_started = time.perf_counter()
+        fitted = fit_model(plan, x_train, x_val)
+        fit_seconds = time.perf_counter() - fit_started
+        del x_train
     evaluation = evaluate_model(fitted, val_trips, vocabulary)
-    facts = training_facts(plan, _month_facts(train_file, train_trips), _month_facts(val_file, val_trips), vocabulary, fitted, evaluation.metrics)
+    facts = training_facts(plan, train_facts, val_facts, vocabulary, fitted, evaluation.metrics)
     publish_data_quality(facts)
 
     # The commit point is the end of `commit_with_decision`: the version is usable (and may become
@@ -397,7 +463,7 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
     # Where the time went (the fit task alone varies by seconds between identical runs).
     return summary | {
         "cached": False,
-        "prepared_from_cache": {train_file.month: train_hit, val_file.month: val_hit},
+        "prepared_from_cache": from_cache,
         "seconds": {"flow": time.perf_counter() - started, "fit": fit_seconds},
     }
 

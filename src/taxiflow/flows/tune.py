@@ -30,7 +30,7 @@ from taxiflow.core.request import TuneRequest, flow_docstring, flow_signature, v
 from taxiflow.core.training import XGBoostModel
 from taxiflow.core.training_plan import FitMatrix, TrainingPlan, evaluate_duration_model, fit_duration_model, plan_training
 from taxiflow.core.tuning import COURSE_SPACE, SearchSpace, TrialOutcome, describe_space, study_name, top_trials
-from taxiflow.flows.train import build_features, check_tracking_store, fit_feature_vocabulary, get_month, get_month_from_sql, month_inputs, prepare_month
+from taxiflow.flows.train import build_features, check_tracking_store, fit_feature_vocabulary, get_months, prepare_training_months
 from taxiflow.flows.train import tracking_store as open_tracking_store
 from taxiflow.flows.train import train as train_flow
 from taxiflow.io.failpoints import failpoint
@@ -149,16 +149,10 @@ def run_tuning(request: TuneRequest, settings: TaxiflowSettings) -> dict:
     store = open_tracking_store(settings, base.experiment_name)
     check_tracking_store(store, base.model_name or settings.model_name)
 
-    # Both months fetched and prepared once (prepared trips come from the cache when `train` saw them before).
-    local_dir, source, cache_dir = month_inputs(base, settings)
-    months = (base.train_month, base.val_month)
-    if base.source == "postgres":
-        files = [get_month_from_sql.submit(base.taxi, month, settings) for month in months]
-    else:
-        files = [get_month.submit(base.taxi, month, source, local_dir, cache_dir) for month in months]
-    train_file, val_file = (f.result() for f in files)
-    prepared = [prepare_month.submit(f, plan.features, plan.month_window_days, str(settings.prepared_dir()), base.refresh) for f in (train_file, val_file)]
-    (train_trips, _), (val_trips, _) = (p.result() for p in prepared)
+    # The months fetched and prepared once (prepared trips come from the cache when `train` saw them before).
+    files = get_months(base, settings, (*base.train_months, base.val_month))
+    data = prepare_training_months(plan, base.train_month, files, settings, base.refresh)
+    train_trips, val_trips = data.train, data.val
     vocabulary = fit_feature_vocabulary(plan, train_trips)
     x_train, x_val = (build_features(plan, trips, vocabulary, name) for trips, name in ((train_trips, "train"), (val_trips, "val")))
     # Concurrent fits share the cores rather than each taking all of them.
@@ -168,7 +162,7 @@ def run_tuning(request: TuneRequest, settings: TaxiflowSettings) -> dict:
         taxi=base.taxi,
         train_month=base.train_month,
         val_month=base.val_month,
-        data=(train_file.sha256, val_file.sha256),
+        data=tuple(f.sha256 for f in files),
         setup=plan.identity() | {"sampler_seed": request.sampler_seed, "pruning": request.pruning},
         space=space,
     )

@@ -32,7 +32,16 @@ def dask_client(address: str | None) -> Iterator[tuple[object, int]]:
     with contextlib.ExitStack() as stack:
         if address is None:
             cluster = stack.enter_context(
-                LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+                # The workers' own reports ("Compute Failed" with its traceback, at ERROR) would reach this console: the
+                # failure itself is raised here, with its message.
+                LocalCluster(
+                    n_workers=os.cpu_count() or 1,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    silence_logs=logging.CRITICAL,
+                )
             )
             client = stack.enter_context(Client(cluster))
         else:

@@ -19,6 +19,7 @@ from taxiflow.core.drift import MonthProfile
 from taxiflow.core.errors import DataFileError, InvalidArgumentError, NoUsableRowsError, TaxiflowError
 from taxiflow.core.features import FeatureVocabulary, required_columns
 from taxiflow.core.metrics import ErrorTotals, RegressionMetrics
+from taxiflow.core.months import last_training_month
 from taxiflow.core.preparation import RIDE_INDEX, describe_drops, prepare_rides
 from taxiflow.core.schema import DISTANCE, DROPOFF_AT, DROPOFF_ZONE, DURATION, PICKUP_AT, PICKUP_ZONE, check_fields_available, layout_for
 from taxiflow.core.training import DurationModel, RememberingPredictor
@@ -54,6 +55,11 @@ class ScoringModel:
     @property
     def train_month(self) -> str | None:
         return self.tags.get("train_month") or None
+
+    @property
+    def reference_month(self) -> str | None:
+        """The month a drift check compares with: the training month, the newest of a range."""
+        return last_training_month(self.train_month) if self.train_month else None
 
     @property
     def rmse(self) -> float | None:
