@@ -120,3 +120,16 @@ def test_a_bad_month_inside_a_range_fails_on_its_worker_naming_it_and_registers_
     assert result.returncode == 1, result.stderr[-3000:]
     assert "green_tripdata_2023-02.parquet" in result.stderr and "2021-02" in result.stderr and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert registered_versions(state_dir) == []
+
+
+def test_tune_fits_its_trials_on_a_dask_scheduler_with_nested_runs_here(tlc_dir, state_dir, run_taxiflow, dask_scheduler):
+    tune = ("tune", "--taxi", "green", "--train-month", "2023-01", "--val-month", "2023-02", "--num-boost-round", "6", "--trials", "3")
+    result = run_taxiflow(*tune, "--dask-address", dask_scheduler, "--no-train-best", "--json", env={"TAXIFLOW_DATA_DIR": str(tlc_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"trials fit on Dask: 2 worker(s) at {dask_scheduler}, 1 thread(s) each" in result.stderr, result.stderr[-3000:]
+    summary = result.json()
+    assert summary["trials"] == {"complete": 3, "pruned": 0, "failed": 0} and summary["best_params_file"]
+    client = MlflowClient(f"sqlite:///{state_dir / 'mlflow.db'}")
+    children = client.search_runs([client.get_run(summary["mlflow_run_id"]).info.experiment_id], f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}'")
+    assert len(children) == 3 and all(len(client.get_metric_history(r.info.run_id, "validation_rmse_per_round")) == 6 for r in children)
+    assert {r.data.params["xgb_nthread"] for r in children} == {"1"}, "each trial on one single-threaded worker"

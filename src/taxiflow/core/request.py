@@ -241,6 +241,12 @@ class _TuneFields(BaseModel):
     pruning: bool = Field(True, description="stop trials whose validation curve is worse than the median of earlier trials at the same round")
     sampler_seed: int = Field(42, ge=0, le=2**31 - 1, description="seed of the search (TPE): the same study asks the same parameters")
     train_best: bool = Field(True, description="train the best parameters with `train` at the end: registered and gated like any model")
+    dask_address: str | None = Field(
+        None,
+        pattern=r"^(tcp|tls|ucx|inproc)://\S+$",
+        max_length=500,
+        description="fit the trials on the Dask scheduler at this address (one worker per trial), e.g. tcp://10.0.0.5:8786; default: in this process",
+    )
 
     def trial_request(self, space) -> TrainRequest:
         """The training setup every trial shares: its vocabulary keeps every category any trial's min_child_weight can split."""

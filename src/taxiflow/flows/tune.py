@@ -33,6 +33,7 @@ from taxiflow.core.tuning import COURSE_SPACE, SearchSpace, TrialOutcome, descri
 from taxiflow.flows.train import build_features, check_tracking_store, fit_feature_vocabulary, get_months, prepare_training_months
 from taxiflow.flows.train import tracking_store as open_tracking_store
 from taxiflow.flows.train import train as train_flow
+from taxiflow.io.dask_trials import fit_trial_on_cluster, trial_cluster
 from taxiflow.io.failpoints import failpoint
 from taxiflow.io.memory import release_free_memory
 from taxiflow.io.tracking import TrackingStore
@@ -41,6 +42,7 @@ from taxiflow.settings import TaxiflowSettings, load_settings
 
 if TYPE_CHECKING:
     import optuna
+    from distributed import Client
 
 TOP_TRIALS_KEY = "tune-top-trials"
 
@@ -62,6 +64,8 @@ class TrialInputs:
     val: PreparedTrips
     vocabulary: FeatureVocabulary
     nthread: int
+    # With a Dask scheduler: its client, the matrices on its workers (`io.dask_trials`).
+    cluster: tuple[Client, tuple[object, object]] | None = None
 
 
 @task(task_run_name="trial-{number}", cache_policy=NO_CACHE)
@@ -85,7 +89,10 @@ def run_trial(
 
     try:
         plan = dataclasses.replace(inputs.plan, params=inputs.plan.params.with_overrides(**params, nthread=inputs.nthread))
-        model = fit_duration_model(plan, inputs.x_train, inputs.x_val, callbacks=[pruning_callback(record, pruned)])
+        if inputs.cluster is not None:
+            model = fit_trial_on_cluster(inputs.cluster[0], plan, inputs.cluster[1], record, pruned)
+        else:
+            model = fit_duration_model(plan, inputs.x_train, inputs.x_val, callbacks=[pruning_callback(record, pruned)])
         failpoint("tune-trial")
         best = model.best_iteration if isinstance(model, XGBoostModel) else None
         if pruned:
@@ -166,7 +173,11 @@ def run_tuning(request: TuneRequest, settings: TaxiflowSettings) -> dict:
         setup=plan.identity() | {"sampler_seed": request.sampler_seed, "pruning": request.pruning},
         space=space,
     )
-    with study_lock(settings, name):
+    with study_lock(settings, name), trial_cluster(request.dask_address, x_train, x_val) as cluster:
+        if cluster is not None:
+            client, shared, threads = cluster
+            inputs = dataclasses.replace(inputs, cluster=(client, shared), nthread=threads)
+            logger.info("trials fit on Dask: %d worker(s) at %s, %d thread(s) each", len(client.scheduler_info()["workers"]), request.dask_address, threads)
         study = Study(storage_url(settings), name, sampler_seed=request.sampler_seed, pruning=request.pruning)
         # Holding the study's lock: whatever of it is still running was left by a tune that died.
         interrupted = study.recover_interrupted(space)

@@ -11,8 +11,12 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from taxiflow.core.errors import TaxiflowError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 CONNECT_TIMEOUT_S = 10
 
@@ -22,7 +26,7 @@ class DaskClusterError(TaxiflowError):
 
 
 @contextlib.contextmanager
-def dask_client(address: str | None) -> Iterator[tuple[object, int]]:
+def dask_client(address: str | None) -> Iterator[tuple[Client, int]]:
     """(a connected Client, its number of workers)."""
     from distributed import Client, LocalCluster
 
