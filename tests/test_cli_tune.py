@@ -4,6 +4,8 @@ picked up by `taxiflow train --params best`."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 
 import pytest
@@ -27,6 +29,14 @@ def _complete_and_one_midway(state_dir) -> bool:
     """A trial has completed and another is midway through its fit (rounds reported, several to go): the moment to kill."""
     if not (state_dir / "tuning.db").is_file():
         return False
+    # Optuna's storage creates its tables when they are missing: opened while the tune creates them,
+    # both would, and one fails ("table studies already exists"). Opened only once a study exists.
+    with contextlib.closing(sqlite3.connect(state_dir / "tuning.db")) as db:
+        try:
+            if not db.execute("SELECT count(*) FROM studies").fetchone()[0]:
+                return False
+        except sqlite3.OperationalError:  # no tables yet
+            return False
     try:
         trials = _study(state_dir).get_trials(deepcopy=False)
     except ValueError:  # the study is not created yet
