@@ -242,8 +242,8 @@ def prepare_training_months(plan: TrainingPlan, label: str, files: list[TripFile
 @task(cache_policy=NO_CACHE)
 def fit_model_on_dask(
     plan: TrainingPlan, label: str, train_files: list[TripFile], val: PreparedTrips, dask_address: str | None, prepared_dir: str, refresh: bool
-) -> tuple[DurationModel, FeatureVocabulary, MonthFacts, dict[str, bool]]:
-    """Training months prepared and encoded on the Dask workers (`io.dask_partitions`), fitted there by xgboost.dask."""
+) -> tuple[DurationModel, FeatureVocabulary, MonthFacts, dict[str, bool], float]:
+    """Training months prepared and encoded on the Dask workers (`io.dask_partitions`), fitted there by xgboost.dask; and the fit's seconds."""
     from taxiflow.io.dask_cluster import dask_client
     from taxiflow.io.dask_partitions import place_training_months
 
@@ -263,9 +263,11 @@ def fit_model_on_dask(
         val_codes = fit_code_matrix(plan, val, placed.vocabulary, placed.left_out)
         if val_codes is None:
             raise InvalidArgumentError("engine dask fits on zone codes: the validation month's feature columns must hold no nulls (fit with engine local)")
+        fit_started = time.perf_counter()
         model = fit_duration_model_on_dask(plan, placed.codes, val_codes, client)
+        fit_seconds = time.perf_counter() - fit_started
     facts = [MonthFacts(f.month, f.path, f.sha256, m.rows_read, m.rows_kept, m.dropped) for f, m in zip(train_files, placed.months, strict=True)]
-    return model, placed.vocabulary, combine_month_facts(label, facts), {m.month: m.from_cache for m in placed.months}
+    return model, placed.vocabulary, combine_month_facts(label, facts), {m.month: m.from_cache for m in placed.months}, fit_seconds
 
 
 @task(cache_policy=NO_CACHE)
@@ -392,11 +394,9 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
     if plan.engine == "dask":
         # The training months are read on the workers; the validation month here (it is evaluated here).
         [(val_trips, val_hit)] = prepare_months(plan, files[-1:], settings, request.refresh)
-        fit_started = time.perf_counter()
-        fitted, vocabulary, train_facts, from_cache = fit_model_on_dask(
+        fitted, vocabulary, train_facts, from_cache, fit_seconds = fit_model_on_dask(
             plan, request.train_month, files[:-1], val_trips, request.dask_address, str(settings.prepared_dir()), request.refresh
         )
-        fit_seconds = time.perf_counter() - fit_started
         val_facts, from_cache = _month_facts(files[-1], val_trips), from_cache | {files[-1].month: val_hit}
     else:
         data = prepare_training_months(plan, request.train_month, files, settings, request.refresh)
@@ -405,7 +405,7 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
         train_matrix = build_features.submit(plan, data.train, vocabulary, "train")
         val_matrix = build_features.submit(plan, val_trips, vocabulary, "val")
         x_train, x_val = train_matrix.result(), val_matrix.result()
-        del data, train_matrix  # the training rows are not needed past the fit
+        del data, train_matrix  # the prepared training rows are not needed once encoded: not held through the fit
         fit_started = time.perf_counter()
         fitted = fit_model(plan, x_train, x_val)
         fit_seconds = time.perf_counter() - fit_started
