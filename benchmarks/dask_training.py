@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -130,7 +131,13 @@ def run_train(engine: str, months: int, data: Path, api_url: str, plan: Plan, wo
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=state, env=env, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
         with PeakMemory(proc.pid) as memory:
-            out, _ = proc.communicate()
+            try:
+                out, _ = proc.communicate()
+            except BaseException:
+                # Interrupted: the command is in its own session, with its Dask workers; end them all.
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
         wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{(state / 'stderr.log').read_text(errors='replace')[-4000:]}")

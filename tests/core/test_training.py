@@ -274,6 +274,12 @@ def test_zone_codes_only_where_they_are_exact(green_prepared):
 
     # A vocabulary threshold above what XGBoost can split on leaves out splittable categories: codes would split them.
     assert not plan(min_count=5).zone_codes
+    # Dask fits only on zone codes: refused before any month is read.
+    from taxiflow.core.training_plan import check_dask_plan
+
+    check_dask_plan(plan(engine="dask"))
+    with pytest.raises(InvalidArgumentError, match=r"^engine dask fits XGBoost on zone codes: keep min_count at most what XGBoost can split \(2 here\)$"):
+        check_dask_plan(plan(engine="dask", min_count=5))
     assert not plan(model="linear").zone_codes
     assert plan(min_count=2).zone_codes
     # Nulls in a feature column (possible with a relaxed contract): the one-hot matrix, which treats them as missing.

@@ -26,6 +26,7 @@ from taxiflow.core.xgboost_params import XGBoostParams
 
 MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 MonthText = Annotated[str, Field(pattern=MONTH_PATTERN, description="YYYY-MM")]
+DASK_ADDRESS_PATTERN = r"^(tcp|tls|ucx|inproc)://\S+$"
 _MONTH = MONTH_PATTERN.strip("^$")
 TRAIN_MONTHS_PATTERN = rf"^{_MONTH}(\.\.{_MONTH})?$"
 TaxiType = Literal["green", "yellow", "fhv", "fhvhv"]
@@ -91,9 +92,7 @@ class TrainRequest(BaseModel):
     engine: EngineChoice = Field(
         "local", description="where XGBoost fits: local (this process) or dask (xgboost.dask on dask_address, else a LocalCluster on this machine)"
     )
-    dask_address: str | None = Field(
-        None, pattern=r"^(tcp|tls|ucx|inproc)://\S+$", max_length=500, description="Dask scheduler for engine dask, e.g. tcp://10.0.0.5:8786"
-    )
+    dask_address: str | None = Field(None, pattern=DASK_ADDRESS_PATTERN, max_length=500, description="Dask scheduler for engine dask, e.g. tcp://10.0.0.5:8786")
     params: str | None = Field(
         None,
         min_length=1,
@@ -243,7 +242,7 @@ class _TuneFields(BaseModel):
     train_best: bool = Field(True, description="train the best parameters with `train` at the end: registered and gated like any model")
     dask_address: str | None = Field(
         None,
-        pattern=r"^(tcp|tls|ucx|inproc)://\S+$",
+        pattern=DASK_ADDRESS_PATTERN,
         max_length=500,
         description="fit the trials on the Dask scheduler at this address (one worker per trial), e.g. tcp://10.0.0.5:8786; default: in this process",
     )

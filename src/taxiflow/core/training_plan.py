@@ -132,10 +132,17 @@ def fit_duration_model(plan: TrainingPlan, train: FitMatrix, val: FitMatrix, *, 
     return fit_xgboost(train.X, train.target, val.X, val.target, plan.params, weight_train=train.weight, weight_val=val.weight, callbacks=callbacks)
 
 
+def check_dask_plan(plan: TrainingPlan) -> None:
+    """Before any month is read: engine dask fits XGBoost on zone codes, exact only while the vocabulary leaves out no splittable category."""
+    if plan.engine == "dask" and not (plan.model == "xgboost" and plan.zone_codes):
+        raise InvalidArgumentError(
+            f"engine dask fits XGBoost on zone codes: keep min_count at most what XGBoost can split ({plan.params.min_splittable_count()} here)"
+        )
+
+
 def fit_duration_model_on_dask(plan: TrainingPlan, train: DaskCodes, val: ZoneCodeMatrix, client: object) -> DurationModel:
     """`fit_duration_model`'s XGBoost model, fitted by xgboost.dask on `client`'s cluster from rows already on its workers."""
-    if plan.model != "xgboost" or not plan.zone_codes:
-        raise InvalidArgumentError("engine dask fits XGBoost on zone codes: keep min_count at most what XGBoost can split (the default)")
+    check_dask_plan(plan)
     return fit_xgboost_on_dask_codes(train, val, plan.params, client)
 
 

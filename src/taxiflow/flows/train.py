@@ -34,6 +34,7 @@ from taxiflow.core.training_plan import (
     Evaluation,
     FitMatrix,
     TrainingPlan,
+    check_dask_plan,
     evaluate_duration_model,
     fit_code_matrix,
     fit_duration_model,
@@ -377,6 +378,7 @@ def run_training(request: TrainRequest, settings: TaxiflowSettings) -> dict:
         request = request.with_params(values)
         get_run_logger().info("XGBoost parameters from %s (options given to this run win): %s", path, values)
     plan = plan_training(request)
+    check_dask_plan(plan)
     months = (*request.train_months, request.val_month)
     model_name = request.model_name or settings.model_name
     store = tracking_store(settings, request.experiment_name)
