@@ -70,8 +70,9 @@ def _encode(prepared: tuple[PreparedTrips, bool], plan: TrainingPlan, vocabulary
 def _share(codes: ZoneCodeMatrix, index: int, shares: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     bounds = np.linspace(0, codes.rows, shares + 1).astype(int)
     rows = slice(bounds[index], bounds[index + 1])
+    # Copies, not views: a view would keep the whole month's codes alive on the worker that encoded it.
     # float32 is what XGBoost stores labels and weights in: the same values as a float64 array given to it.
-    return codes.X[rows], codes.target[rows].astype(np.float32), None if codes.weight is None else codes.weight[rows].astype(np.float32)
+    return codes.X[rows].copy(), codes.target[rows].astype(np.float32), None if codes.weight is None else codes.weight[rows].astype(np.float32)
 
 
 def _item(share: tuple, index: int) -> np.ndarray:
@@ -111,6 +112,7 @@ def place_training_months(client, plan: TrainingPlan, train_files: list[TripFile
             y.append(da.from_delayed(parts[1], shape=(n,), dtype=np.float32))
             if weighted:
                 weight.append(da.from_delayed(parts[2], shape=(n,), dtype=np.float32))
+    del encoded  # each month's whole codes are released once its shares exist
     if not X:
         raise InvalidArgumentError(f"no training rows in {', '.join(f.month for f in train_files)}")
     return MonthsOnCluster(
