@@ -1,11 +1,14 @@
 """A tune's trial fitted on a Dask worker: each round's validation RMSE reported here, the fit stopped from here when pruned."""
 
+import os
+
 import pytest
 
 from taxiflow.core.preparation import prepare_trips
 from taxiflow.core.request import TrainRequest
 from taxiflow.core.schema import layout_for
 from taxiflow.core.training_plan import fit_duration_model, fit_matrix, fit_plan_vocabulary, plan_training
+from taxiflow.io.dask_cluster import dask_client
 from taxiflow.io.dask_trials import fit_trial_on_cluster, share_fit_inputs
 from taxiflow.io.prepared_months import prepared_columns
 from taxiflow.io.trip_tables import read_trip_table
@@ -26,15 +29,13 @@ def matrices(tlc_dir):
 
 
 def test_a_trial_on_a_worker_reports_every_round_here_and_stops_when_pruned(matrices):
-    from distributed import Client, LocalCluster
-
     plan, x_train, x_val = matrices
     local_curve: list[float] = []
     fit_duration_model(plan, x_train, x_val, callbacks=[pruning_callback(lambda step, value: local_curve.append(value) or False, [])])
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
+    environment = dict(os.environ)
+    with dask_client(None) as (client, _):
+        # Dask's Nanny sets its workers' OMP/OPENBLAS_NUM_THREADS=1 here before spawning them: not left for what this process starts.
+        assert dict(os.environ) == environment
         shared = share_fit_inputs(client, x_train, x_val)
         seen: list[tuple[int, float]] = []
         pruned: list[bool] = []
@@ -48,3 +49,4 @@ def test_a_trial_on_a_worker_reports_every_round_here_and_stops_when_pruned(matr
         # Reported up to the round that pruned it; the fit saw the event a round or two later at most.
         assert reported == [0, 1, 2, 3, 4] and pruned == [True]
         assert 5 <= stopped.booster.num_boosted_rounds() < ROUNDS
+    assert dict(os.environ) == environment

@@ -25,6 +25,19 @@ class DaskClusterError(TaxiflowError):
     """The Dask scheduler could not be reached or has no workers."""
 
 
+def _restore_environment(before: dict[str, str]) -> None:
+    """This process's environment as it was.
+
+    A Nanny sets its workers' variables (OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, ...) in the
+    environment of the process that starts them, before spawning each: left there, every process
+    this one starts later would run numpy single-threaded, and a least-squares fit (an iterate that
+    depends on BLAS's summation order) would give another model.
+    """
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
+
+
 @contextlib.contextmanager
 def dask_client(address: str | None) -> Iterator[tuple[Client, int]]:
     """(a connected Client, its number of workers)."""
@@ -35,6 +48,8 @@ def dask_client(address: str | None) -> Iterator[tuple[Client, int]]:
         logging.getLogger(name).setLevel(logging.WARNING)
     with contextlib.ExitStack() as stack:
         if address is None:
+            environment = dict(os.environ)
+            stack.callback(_restore_environment, environment)  # registered first: runs last, once the workers stopped
             cluster = stack.enter_context(
                 # The workers' own reports ("Compute Failed" with its traceback, at ERROR) would reach this console: the
                 # failure itself is raised here, with its message.
@@ -48,6 +63,7 @@ def dask_client(address: str | None) -> Iterator[tuple[Client, int]]:
                 )
             )
             client = stack.enter_context(Client(cluster))
+            _restore_environment(environment)  # the workers have theirs
         else:
             try:
                 client = stack.enter_context(Client(address, timeout=CONNECT_TIMEOUT_S))
